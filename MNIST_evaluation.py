@@ -15,7 +15,7 @@ import sys
 import matplotlib.pyplot as plt
 import torch
 
-from MNIST_model import (Config, add_common_args, best_checkpoint, data_load, load_checkpoint, load_model,
+from MNIST_model import (Config, add_common_args, best_checkpoint, data_load, fail, load_checkpoint, load_model,
                          plot_val_accuracy, predict, run_dir, save_atomic, save_figure, setting)
 
 COLUMNS = ('Batch_size', 'Activation function', '# of layers', 'Layer size', 'Epoch', 'Weight initialization',
@@ -110,7 +110,7 @@ def plot_confusion(logits, y, title, path):
     matrix = torch.zeros(10, 10, dtype=torch.long)
     matrix.index_put_((y.cpu(), logits.argmax(1).cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
     fig, ax = plt.subplots(figsize=(6, 5.4))
-    ax.imshow(matrix.clamp(max=30), cmap='Blues')  # clamped so that the off-diagonal errors show
+    ax.imshow(matrix.clamp(max=30).numpy(), cmap='Blues')  # clamped so that the off-diagonal errors show
     for (i, j), n in zip(torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist(), matrix.flatten().tolist()):
         ax.text(j, i, n, ha='center', va='center', fontsize=8, color='white' if n > 20 else 'black')
     ax.set(title=title, xlabel='predicted', ylabel='true', xticks=range(10), yticks=range(10))
@@ -126,7 +126,7 @@ def plot_mistakes(logits, x, y, title, path, n=24):
     for ax in axes.flat:
         ax.axis('off')
     for ax, i in zip(axes.flat, worst.tolist()):
-        ax.imshow(x[i].view(28, 28).cpu(), cmap='gray')
+        ax.imshow(x[i].view(28, 28).cpu().numpy(), cmap='gray')
         ax.set_title(f'{y[i]} as {pred[i]} ({100 * prob[i]:.0f}%)', fontsize=8)
     fig.suptitle(f'{title}: most confident mistakes (true as predicted)')
     save_figure(fig, path)
@@ -160,7 +160,7 @@ def main(argv=None):
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
     x, y = data_load(args.data_dir, train=False)
     x, y = x.to(args.device), y.to(args.device)
-    rows = {}
+    rows, skipped = {}, 0
     for name in names:
         folders = runs_of(args.out_dir, name)
         if not folders and name in asked:
@@ -171,6 +171,7 @@ def main(argv=None):
                 results.append(test_run(folder, x, y, args.device))
             except ValueError as e:
                 print(f'Setting {name}: skipped: {e}', file=sys.stderr)
+                skipped += 1
                 continue
             seed = f' seed {results[-1]["history"]["seed"]}' if len(folders) > 1 else ''
             print(f'Setting {name}{seed}: accuracy of the {results[-1]["epoch"]} epoch trained model: '
@@ -178,8 +179,7 @@ def main(argv=None):
         if results:
             rows[name] = results
     if not rows:
-        sys.exit(f'error: no trained setting to evaluate in {args.out_dir}; '
-                 'train one first, e.g. python MNIST_train.py --setting 1')
+        fail(f'no trained setting to evaluate in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
     try:
         write_report(rows, args.out_dir)
         best = max(rows, key=lambda n: max(r['accuracy'] for r in rows[n]))
@@ -187,10 +187,11 @@ def main(argv=None):
         plot_confusion(top['logits'], y, f'Setting #{best}', os.path.join(args.out_dir, 'confusion_matrix.png'))
         plot_mistakes(top['logits'], x, y, f'Setting #{best}', os.path.join(args.out_dir, 'mistakes.png'))
     except OSError as e:
-        sys.exit(f'error: cannot write {e.filename}: {e.strerror}')
+        fail(f'cannot write {e.filename}: {e.strerror}')
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv, val_accuracy.png, '
           'confusion_matrix.png, mistakes.png)')
+    return 1 if skipped else 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

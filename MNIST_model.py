@@ -54,11 +54,11 @@ def data_load(data_dir, train=True):
 
 
 def generate_batch(x, y, batch_size):
-    """Shuffled mini-batches of one epoch: one gather, then contiguous slices."""
+    """Shuffled mini-batches of one epoch, gathered from the tensors where they live."""
     perm = torch.randperm(len(x)).to(x.device)
-    x, y = x[perm], y[perm]
     for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]
+        idx = perm[i:i + batch_size]
+        yield x[idx], y[idx]
 
 
 class Maxout(nn.Module):
@@ -72,7 +72,7 @@ class Maxout(nn.Module):
         return x.unflatten(-1, (-1, self.pieces)).amax(-1)
 
 
-ACTIVATIONS = {'relu': nn.ReLU, 'sigmoid': nn.Sigmoid, 'tanh': nn.Tanh,
+ACTIVATIONS = {'relu': partial(nn.ReLU, inplace=True), 'sigmoid': nn.Sigmoid, 'tanh': nn.Tanh,
                'leaky_relu': partial(nn.LeakyReLU, 0.1), 'elu': nn.ELU, 'maxout': Maxout}
 INITS = {'he': partial(nn.init.kaiming_normal_, nonlinearity='relu'), 'xavier': nn.init.xavier_normal_}
 
@@ -89,21 +89,21 @@ class MNIST_model(nn.Module):
             blocks += [nn.Linear(n_in, n_out * pieces), ACTIVATIONS[activation]()]
             blocks += [nn.Dropout(dropout)] if dropout else []
         self.net = nn.Sequential(*blocks, nn.Linear(sizes[-1], 10))
-        # Input standardisation, set from the training images by fit_input(); identity until then.
-        self.register_buffer('input_mean', torch.zeros(28 * 28))
-        self.register_buffer('input_std', torch.ones(()))
+        # Input standardisation x * scale + shift, set from the training images by fit_input(); identity until then.
+        self.register_buffer('input_scale', torch.ones(()))
+        self.register_buffer('input_shift', torch.zeros(28 * 28))
         for layer in self.net:
             if isinstance(layer, nn.Linear):
                 INITS[init](layer.weight)
                 nn.init.zeros_(layer.bias)
 
     def fit_input(self, x):
-        """Centre each pixel on its training mean and scale by the training pixel spread."""
-        self.input_mean.copy_(x.mean(0))
-        self.input_std.copy_(x.std())
+        """Centre each pixel on its training mean and divide by the spread of all training pixels."""
+        self.input_scale.copy_(1 / x.std())
+        self.input_shift.copy_(-x.mean(0) * self.input_scale)
 
-    def forward(self, x):
-        return self.net((x.flatten(1) - self.input_mean) / self.input_std)  # [B, 784] or [B, 1, 28, 28]
+    def forward(self, x):  # x: [B, 784] or [B, 1, 28, 28] in [0, 1]
+        return self.net(torch.addcmul(self.input_shift, x.flatten(1), self.input_scale))
 
 
 class Config:

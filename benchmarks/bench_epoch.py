@@ -1,0 +1,136 @@
+"""Seconds per training epoch (50,000 images at batch 200, plus the 10,000-image validation pass), three ways:
+
+  skeleton  the assignment skeleton's pipeline: datasets.MNIST + ToTensor + DataLoader
+  project   this project's epoch: MNIST_train.train() and MNIST_model.evaluate(), the code MNIST_train.py runs
+  floor     only the matrix products of that epoch (forward and backward at batch 200, validation forward)
+
+    python benchmarks/bench_epoch.py [--device cpu|cuda] [--epochs 5]
+"""
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from MNIST_model import Config, MNIST_model, data_load, evaluate, parse_device, setting  # noqa: E402
+from MNIST_train import make_optimizer, make_step, split_indices, train  # noqa: E402
+from tests.idx import write_mnist  # noqa: E402
+
+
+def timed(epoch, device, repeats):
+    """Median seconds of `repeats` epochs after one warm-up epoch."""
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        epoch()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def skeleton_epoch(data_dir, train_idx, val_idx, device):
+    """The skeleton's way: a Dataset of PIL images turned into tensors one by one by a DataLoader."""
+    mnist = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    train_loader = DataLoader(Subset(mnist, train_idx.tolist()), batch_size=Config.batch_size, shuffle=True)
+    val_loader = DataLoader(Subset(mnist, val_idx.tolist()), batch_size=Config.batch_size)
+    model = MNIST_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=Config.lr_adam)
+
+    def epoch():
+        model.train()
+        for img, label in train_loader:
+            img, label = img.to(device), label.to(device)
+            loss = F.cross_entropy(model(img.view(-1, 28 * 28)), label)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum((model(img.to(device).view(-1, 28 * 28)).argmax(1) == label.to(device)).sum().item()
+                          for img, label in val_loader)
+        return correct
+    return epoch
+
+
+def project_epoch(x_train, y_train, x_val, y_val):
+    model = MNIST_model().to(x_train.device)
+    model.fit_input(x_train)
+    step = make_step(model, make_optimizer(model, setting(2)))
+
+    def epoch():
+        train(model, step, x_train, y_train, Config.batch_size)
+        evaluate(model, x_val, y_val)
+    return epoch
+
+
+def floor_epoch(x_train, x_val):
+    """Forward (4 products) and backward (4 weight and 3 input gradients) per batch, then the validation forward."""
+    weights = [w.detach() for w in MNIST_model().to(x_train.device).parameters() if w.dim() == 2]
+    b = Config.batch_size
+    grad_out = torch.randn(b, 10, device=x_train.device)
+
+    def forward(a):
+        inputs = []
+        for w in weights:
+            inputs.append(a)
+            a = a @ w.T
+        return a, inputs
+
+    def epoch():
+        for i in range(0, len(x_train), b):
+            _, inputs = forward(x_train[i:i + b])
+            g = grad_out
+            for k in reversed(range(len(weights))):
+                g.T @ inputs[k]
+                if k:
+                    g = g @ weights[k]
+        forward(x_val)
+    return epoch
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--device', type=parse_device, default='auto', help='auto, cpu, cuda (default auto)')
+    p.add_argument('--epochs', type=int, default=5, help='timed epochs per path, after one warm-up (default 5)')
+    p.add_argument('--data-dir', default=Config.data_dir, help='folder holding MNIST/raw/')
+    args = p.parse_args()
+    device = args.device
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, source = args.data_dir, 'real MNIST'
+        if not os.path.isfile(os.path.join(data_dir, 'MNIST', 'raw', 'train-images-idx3-ubyte')):
+            data_dir, source = tmp, 'synthetic data of MNIST shape (real MNIST not found)'
+            write_mnist(os.path.join(tmp, 'MNIST', 'raw'), n_train=60_000, n_test=10)
+        x, y = data_load(data_dir)
+        train_idx, val_idx = split_indices(len(x))
+        x_train, y_train, x_val, y_val = (t.to(device) for t in (x[train_idx], y[train_idx], x[val_idx], y[val_idx]))
+        print(f'{source}; {len(x_train)} training and {len(x_val)} validation images, batch {Config.batch_size}; '
+              f'device {device}' + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else
+                                    f' ({torch.get_num_threads()} threads)') + f'; torch {torch.__version__}')
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+        project = timed(project_epoch(x_train, y_train, x_val, y_val), device, args.epochs)
+        memory = (f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB GPU memory' if device.type == 'cuda'
+                  else f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS')
+        floor = timed(floor_epoch(x_train, x_val), device, args.epochs)
+        skeleton = timed(skeleton_epoch(data_dir, train_idx, val_idx, device), device, max(3, args.epochs // 2))
+    print(f'\n| path | s / epoch (median of {args.epochs}) |\n|---|---|')
+    for name, seconds in (('skeleton: DataLoader + ToTensor', skeleton), ('project: MNIST_train.train', project),
+                          ('floor: matrix products only', floor)):
+        print(f'| {name} | {seconds:.3f} |')
+    print(f'\nproject / floor = {project / floor:.2f}   skeleton / project = {skeleton / project:.1f}   '
+          f'project peak memory: {memory}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,25 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.idx import write_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data folder holding small synthetic MNIST raw files (600 training, 200 test images)."""
+    write_mnist(tmp_path / 'data' / 'MNIST' / 'raw')
+    return tmp_path / 'data'
+
+
+@pytest.fixture
+def cli(tmp_path, data_dir):
+    """Run one of the scripts as a user would, on the synthetic data, writing into tmp_path/out."""
+    def run(script, *args, data=data_dir, out=tmp_path / 'out', timeout=300, **kwargs):
+        cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, **kwargs)
+    return run

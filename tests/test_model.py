@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from MNIST_model import ACTIVATIONS, Config, MNIST_model, setting
+
+
+def test_default_model_is_the_assignments():
+    model = MNIST_model()
+    linears = [m for m in model.net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 200), (200, 200), (200, 200), (200, 10)]
+    assert sum(p.numel() for p in model.parameters()) == 239_410
+    assert [type(m) for m in model.net].count(nn.ReLU) == 3
+
+
+def test_output_is_raw_logits():
+    model = MNIST_model()
+    assert isinstance(model.net[-1], nn.Linear)  # nothing after the last layer
+    logits = model(torch.rand(64, 784))
+    assert logits.shape == (64, 10)
+    assert (logits < 0).any()  # no ReLU on the output
+    assert not torch.allclose(logits.exp().sum(1), torch.ones(64))  # no softmax either
+
+
+def test_accepts_image_shaped_input():
+    model = MNIST_model()
+    x = torch.rand(5, 1, 28, 28)
+    assert torch.equal(model(x), model(x.view(5, 784)))
+
+
+def test_he_initialisation():
+    torch.manual_seed(0)
+    for layer in (m for m in MNIST_model().net if isinstance(m, nn.Linear)):
+        expected = math.sqrt(2 / layer.in_features)
+        assert abs(layer.weight.std().item() - expected) / expected < 0.05
+        assert abs(layer.weight.mean().item()) < 0.01
+        assert torch.all(layer.bias == 0)
+
+
+def test_xavier_initialisation():
+    torch.manual_seed(0)
+    layer = MNIST_model(activation='tanh', init='xavier').net[0]
+    expected = math.sqrt(2 / (784 + 200))
+    assert abs(layer.weight.std().item() - expected) / expected < 0.05
+
+
+def test_input_standardisation_is_fitted_and_saved():
+    model = MNIST_model()
+    x = torch.rand(100, 784)
+    before = model(x)
+    model.fit_input(x)
+    assert not torch.allclose(model(x), before)
+    standardised = x * model.input_scale + model.input_shift
+    assert standardised.mean(0).abs().max() < 1e-5
+    assert {'input_scale', 'input_shift'} <= set(model.state_dict())
+
+
+@pytest.mark.parametrize('activation', sorted(ACTIVATIONS))
+def test_every_activation_runs_forward_and_backward(activation):
+    model = MNIST_model(activation=activation, init='xavier' if activation in ('sigmoid', 'tanh') else 'he')
+    logits = model(torch.rand(8, 784))
+    assert logits.shape == (8, 10)
+    nn.functional.cross_entropy(logits, torch.arange(8)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_maxout_takes_the_larger_of_two_pieces():
+    model = MNIST_model(activation='maxout')
+    assert model.net[0].out_features == 400 and model.net[2].in_features == 200
+    assert torch.equal(model.net[1](torch.tensor([[1., 5., -2., -3.]])), torch.tensor([[5., -2.]]))
+
+
+def test_dropout_only_when_asked():
+    assert not any(isinstance(m, nn.Dropout) for m in MNIST_model().net)
+    assert sum(isinstance(m, nn.Dropout) for m in MNIST_model(dropout=0.1).net) == 3
+
+
+def test_settings_table_is_the_assignments():
+    expected = {1: ('Adadelta', 0.1, 0), 2: ('Adam', 1e-4, 0), 3: ('Adadelta', 0.1, 0.01), 4: ('Adam', 1e-4, 0.01)}
+    for name, (optimizer, lr, decay) in expected.items():
+        s = setting(name)
+        assert (s['optimizer'], s['lr'], s['weight_decay']) == (optimizer, lr, decay)
+        assert (s['batch_size'], s['activation'], s['layers'], s['width'], s['epochs'], s['init']) == \
+            (200, 'relu', 4, 200, 100, 'he')
+    assert Config.groups['all'] == [1, 2, 3, 4]

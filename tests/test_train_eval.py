@@ -1,0 +1,90 @@
+import csv
+import glob
+import json
+
+import torch
+
+import MNIST_train
+from MNIST_evaluation import COLUMNS
+from MNIST_model import MNIST_model, data_load, predict
+from MNIST_train import split_indices, train
+
+
+def test_train_then_evaluate_fills_the_report(cli, tmp_path):
+    trained = cli('MNIST_train.py', '--setting', '2', '--epochs', '4', '--device', 'cpu')
+    assert trained.returncode == 0, trained.stderr
+    assert sum('| epoch' in line for line in trained.stdout.splitlines()) == 4  # one line per epoch
+    folder = tmp_path / 'out' / 'setting_2'
+    history = json.loads((folder / 'history.json').read_text())
+    assert [e['epoch'] for e in history['epochs']] == [1, 2, 3, 4]
+    assert history['hyperparameters']['optimizer'] == 'Adam' and history['seed'] == 0
+    best = max(history['epochs'], key=lambda e: e['val_accuracy'])
+    assert history['best_epoch'] == best['epoch'] and history['best_val_accuracy'] == best['val_accuracy']
+    assert [p.name for p in folder.glob('epoch_*.pth')] == [f'epoch_{best["epoch"]}.pth']  # only the best is kept
+    assert (folder / 'val_accuracy.png').stat().st_size > 0 and (tmp_path / 'out' / 'samples.png').exists()
+
+    evaluated = cli('MNIST_evaluation.py')
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f'Setting 2: accuracy of the {best["epoch"]} epoch trained model:' in evaluated.stdout
+    for missing in (1, 3, 4):
+        assert f'python MNIST_train.py --setting {missing}' in evaluated.stdout
+    report = (tmp_path / 'out' / 'report.md').read_text()
+    header = next(line for line in report.splitlines() if 'Batch_size' in line)
+    assert [c.strip() for c in header.strip('|').split('|')][1:] == list(COLUMNS)
+    row = next(line for line in report.splitlines() if line.startswith('| Setting #2'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert len(cells) == 13 and all(cells)
+    assert cells[1:10] == ['200', 'ReLU', '4', '200', '4', 'He', 'Adam', '0.0001', '0']
+    assert cells[11] == str(best['epoch']) and cells[12].endswith('%')
+    with open(tmp_path / 'out' / 'report.csv') as f:
+        table = list(csv.reader(f))
+    assert table[0] == ['Setting', *COLUMNS] and table[1][1:] == cells[1:]
+    for picture in ('val_accuracy.png', 'confusion_matrix.png', 'mistakes.png'):
+        assert (tmp_path / 'out' / picture).stat().st_size > 0
+
+
+def test_checkpoint_loads_the_skeleton_way(cli, tmp_path, data_dir):
+    assert cli('MNIST_train.py', '--setting', '1', '--epochs', '2').returncode == 0
+    path, = glob.glob(str(tmp_path / 'out' / 'setting_1' / 'epoch_*.pth'))
+    checkpoint = torch.load(path, weights_only=True)
+    model = MNIST_model()
+    model.load_state_dict(checkpoint['model_state_dict'])
+    x, y = data_load(data_dir, train=False)
+    img = x.view(-1, 1, 28, 28)
+    assert model.forward(img.view(-1, 28 * 28)).argmax(1).eq(y).float().mean() > 0.5
+
+
+def test_validation_split_is_held_out_and_fixed():
+    torch.manual_seed(1)
+    train_a, val_a = split_indices(60_000)
+    torch.manual_seed(2)
+    train_b, val_b = split_indices(60_000)
+    assert len(val_a) == 10_000 and len(train_a) == 50_000
+    assert torch.equal(val_a, val_b) and torch.equal(train_a, train_b)
+    assert torch.equal(torch.cat([train_a, val_a]).sort().values, torch.arange(60_000))  # disjoint, complete
+
+
+def test_training_loss_is_the_mean_over_all_batches():
+    losses = iter([4.0, 1.0, 1.0])
+    model = MNIST_model()
+    assert train(model, lambda xb, yb: torch.tensor(next(losses)), torch.zeros(600, 784), torch.zeros(600), 200) == 2.0
+
+
+def test_prediction_is_in_eval_mode_without_gradients():
+    model = MNIST_model(dropout=0.5).train()
+    x = torch.rand(32, 784)
+    first, second = predict(model, x), predict(model, x)
+    assert torch.equal(first, second) and not first.requires_grad and not model.training
+
+
+def run_history(data_dir, out, seed):
+    assert MNIST_train.main(['--setting', '4', '--epochs', '3', '--seed', str(seed), '--device', 'cpu',
+                             '--data-dir', str(data_dir), '--out-dir', str(out)]) == 0
+    epochs = json.loads((out / 'setting_4' / 'history.json').read_text())['epochs']
+    return [{k: v for k, v in e.items() if k != 'seconds'} for e in epochs]
+
+
+def test_same_seed_same_history(data_dir, tmp_path):
+    first = run_history(data_dir, tmp_path / 'a', 0)
+    assert first == run_history(data_dir, tmp_path / 'b', 0)
+    assert first != run_history(data_dir, tmp_path / 'c', 1)
