@@ -23,3 +23,14 @@ def cli(tmp_path, data_dir):
         cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, **kwargs)
     return run
+
+
+@pytest.fixture
+def harness(tmp_path, data_dir):
+    """Run MNIST_train.main or MNIST_evaluation.main in a subprocess after `setup` code (to inject a fault)."""
+    def run(script, setup, *args, data=data_dir, out=tmp_path / 'out', **kwargs):
+        code = f'import sys\n{setup}\nimport {script}\nsys.exit({script}.main(sys.argv[1:]))'
+        cmd = [sys.executable, '-c', code, *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
+        env = {**os.environ, 'PYTHONPATH': ROOT}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, **kwargs)
+    return run

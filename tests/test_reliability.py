@@ -1,0 +1,251 @@
+import glob
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import MNIST_train
+from MNIST_model import RAW_FILES
+from tests.conftest import ROOT
+from tests.idx import write_idx, write_mnist
+
+
+def history_without_times(out, name='2'):
+    epochs = json.loads((out / f'setting_{name}' / 'history.json').read_text())['epochs']
+    return [{k: v for k, v in e.items() if k != 'seconds'} for e in epochs]
+
+
+def best_state(out, name='2'):
+    path, = glob.glob(str(out / f'setting_{name}' / 'epoch_*.pth'))
+    return os.path.basename(path), torch.load(path, weights_only=True)['model_state_dict']
+
+
+def assert_same_state(a, b):
+    assert a[0] == b[0] and a[1].keys() == b[1].keys()
+    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+def assert_clean_error(result, *phrases):
+    assert result.returncode not in (0, None), result.stdout
+    assert 'Traceback' not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+@pytest.fixture
+def big_data(tmp_path):
+    """Enough synthetic images that an epoch takes a noticeable fraction of a second."""
+    write_mnist(tmp_path / 'big' / 'MNIST' / 'raw', n_train=30_000, n_test=100)
+    return tmp_path / 'big'
+
+
+def reference_run(data, out):
+    assert MNIST_train.main(['--setting', '2', '--epochs', '5', '--device', 'cpu',
+                             '--data-dir', str(data), '--out-dir', str(out)]) == 0
+    return history_without_times(out), best_state(out)
+
+
+def interrupt_after_epoch(data, out, sig, epoch=2):
+    """Start training in a subprocess and send it `sig` once `epoch` epochs are finished."""
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', '2', '--epochs', '5',
+           '--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    for line in proc.stdout:
+        if f'epoch   {epoch}/5' in line:
+            proc.send_signal(sig)
+            break
+    out_text, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def resume(data, out):
+    return MNIST_train.main(['--setting', '2', '--epochs', '5', '--device', 'cpu', '--resume',
+                             '--data-dir', str(data), '--out-dir', str(out)])
+
+
+def test_resume_after_sigkill_gives_the_same_run(big_data, tmp_path):
+    expected = reference_run(big_data, tmp_path / 'ref')
+    code, _ = interrupt_after_epoch(big_data, tmp_path / 'out', signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    done = len(history_without_times(tmp_path / 'out'))
+    assert 2 <= done < 5  # killed mid-run, after finished epochs
+    assert resume(big_data, tmp_path / 'out') == 0
+    assert history_without_times(tmp_path / 'out') == expected[0]
+    assert_same_state(best_state(tmp_path / 'out'), expected[1])
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(big_data, tmp_path):
+    expected = reference_run(big_data, tmp_path / 'ref')
+    code, err = interrupt_after_epoch(big_data, tmp_path / 'out', signal.SIGINT)
+    assert code == 130 and 'Traceback' not in err
+    assert '--resume' in err and 'Interrupted' in err
+    assert resume(big_data, tmp_path / 'out') == 0
+    assert history_without_times(tmp_path / 'out') == expected[0]
+    assert_same_state(best_state(tmp_path / 'out'), expected[1])
+
+
+KILL_DURING_WRITE = '''
+import os, signal
+real_replace, writes = os.replace, []
+def replace(src, dst):
+    writes.append(dst)
+    if dst.endswith('last.pth') and writes.count(dst) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # the new state is written to its temp file, not yet in place
+    real_replace(src, dst)
+os.replace = replace
+'''
+
+
+def test_kill_during_a_checkpoint_write_loses_nothing(harness, data_dir, tmp_path):
+    args = ('--setting', '2', '--epochs', '5', '--device', 'cpu')
+    expected = harness('MNIST_train', '', *args, out=tmp_path / 'ref')
+    assert expected.returncode == 0
+    killed = harness('MNIST_train', KILL_DURING_WRITE, *args)
+    assert killed.returncode == -signal.SIGKILL
+    folder = tmp_path / 'out' / 'setting_2'
+    assert torch.load(folder / 'last.pth', weights_only=True)['epoch'] == 2  # the old state is intact
+    assert harness('MNIST_train', '', *args, '--resume').returncode == 0
+    assert not glob.glob(str(folder / '*.tmp'))
+    assert history_without_times(tmp_path / 'out') == history_without_times(tmp_path / 'ref')
+    assert_same_state(best_state(tmp_path / 'out'), best_state(tmp_path / 'ref'))
+
+
+def test_existing_results_are_not_overwritten(cli, tmp_path):
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
+    folder = tmp_path / 'out' / 'setting_2'
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    again = cli('MNIST_train.py', '--setting', '2', '--epochs', '2')
+    assert_clean_error(again, 'already holds results', '--resume', '--force')
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    forced = cli('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force')
+    assert forced.returncode == 0
+    assert len(json.loads((folder / 'history.json').read_text())['epochs']) == 1
+
+
+@pytest.mark.parametrize('args, phrase', [
+    (['--setting', '9'], "unknown setting '9'"),
+    (['--setting', 'five'], "unknown setting 'five'"),
+    (['--setting', '1', '--epochs', '0'], "'0' is not a whole number of at least 1"),
+    (['--setting', '1', '--epochs', 'ten'], "'ten' is not a whole number"),
+    (['--setting', '1', '--seed', '-1'], "'-1' is not a whole number of at least 0"),
+    (['--setting', '1', '--device', 'tpu'], "unknown device 'tpu'"),
+    (['--epochs', '3'], 'required: --setting'),
+])
+def test_bad_arguments(cli, tmp_path, args, phrase):
+    assert_clean_error(cli('MNIST_train.py', *args), phrase)
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+def test_cuda_without_a_gpu(cli):
+    assert_clean_error(cli('MNIST_train.py', '--setting', '1', '--device', 'cuda'), 'no usable CUDA GPU')
+    assert_clean_error(cli('MNIST_evaluation.py', '--device', 'cuda'), 'no usable CUDA GPU')
+
+
+def test_missing_dataset_offline(cli, tmp_path):
+    dead_proxy = {**os.environ, 'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}
+    result = cli('MNIST_train.py', '--setting', '1', data=tmp_path / 'empty', env=dead_proxy)
+    assert_clean_error(result, os.path.join(str(tmp_path / 'empty'), 'MNIST', 'raw'), *RAW_FILES)
+
+
+@pytest.mark.parametrize('damage', ['magic', 'truncated', 'empty', 'label count'])
+def test_damaged_idx_files(cli, data_dir, damage):
+    raw = data_dir / 'MNIST' / 'raw'
+    images = raw / 'train-images-idx3-ubyte'
+    data = images.read_bytes()
+    if damage == 'magic':
+        images.write_bytes(b'\x12\x34\x56\x78' + data[4:])
+    elif damage == 'truncated':
+        images.write_bytes(data[:len(data) // 2])
+    elif damage == 'empty':
+        images.write_bytes(b'')
+    else:
+        write_idx(raw / 'train-labels-idx1-ubyte', torch.zeros(10, dtype=torch.uint8))
+    result = cli('MNIST_train.py', '--setting', '1', '--epochs', '1')
+    assert_clean_error(result, 'replace')
+    assert 'train-' in result.stderr and str(raw) in result.stderr
+
+
+class Exploit:
+    def __reduce__(self):
+        return os.system, ('touch pwned',)
+
+
+def damage_checkpoint(path, kind):
+    good = torch.load(path, weights_only=True)
+    if kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'truncated':
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == 'foreign keys':
+        torch.save({'weights': good['model_state_dict']}, path)
+    elif kind == 'wrong shapes':
+        torch.save({**good, 'model_state_dict': {k: v[..., :3] if v.dim() else v for k, v in good['model_state_dict'].items()}}, path)
+    else:
+        path.write_bytes(pickle.dumps({'epoch': 1, 'model_state_dict': Exploit()}))
+
+
+@pytest.mark.parametrize('kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'pickled code'])
+def test_damaged_checkpoint_is_skipped(cli, data_dir, tmp_path, kind):
+    for name in ('1', '2'):
+        assert MNIST_train.main(['--setting', name, '--epochs', '1', '--device', 'cpu',
+                                 '--data-dir', str(data_dir), '--out-dir', str(tmp_path / 'out')]) == 0
+    path, = (tmp_path / 'out' / 'setting_1').glob('epoch_*.pth')
+    damage_checkpoint(path, kind)
+    result = cli('MNIST_evaluation.py')
+    assert_clean_error(result, 'Setting 1: skipped', str(path))
+    assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
+    assert '| Setting #2 |' in (tmp_path / 'out' / 'report.md').read_text()
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_resume_refuses_a_checkpoint_with_code(cli, tmp_path):
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    (tmp_path / 'out' / 'setting_2' / 'last.pth').write_bytes(pickle.dumps({'epoch': 1, 'x': Exploit()}))
+    result = cli('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume')
+    assert_clean_error(result, 'refused', '--force')
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_unwritable_output_folder(cli, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    assert_clean_error(cli('MNIST_train.py', '--setting', '1', out=blocker / 'out'), 'cannot create', str(blocker))
+    assert blocker.read_text() == 'not a folder'
+
+
+DIVERGE_AT_3 = '''
+import math, MNIST_train
+real_train, epochs = MNIST_train.train, []
+def train(*args):
+    epochs.append(1)
+    return math.nan if len(epochs) == 3 else real_train(*args)
+MNIST_train.train = train
+'''
+
+
+def test_divergence_stops_the_setting_and_keeps_the_best(harness, tmp_path):
+    result = harness('MNIST_train', DIVERGE_AT_3, '--setting', '2', '--epochs', '5', '--device', 'cpu')
+    assert_clean_error(result, 'diverged at epoch 3', 'keeping the best checkpoint')
+    folder = tmp_path / 'out' / 'setting_2'
+    assert [p.name for p in folder.glob('epoch_*.pth')] == ['epoch_2.pth']
+    assert len(json.loads((folder / 'history.json').read_text())['epochs']) == 2
+
+
+def test_training_never_reads_the_test_split(data_dir, tmp_path):
+    """Random bytes in place of the test files leave training's result unchanged."""
+    def train_on(data, out):
+        assert MNIST_train.main(['--setting', '2', '--epochs', '3', '--device', 'cpu',
+                                 '--data-dir', str(data), '--out-dir', str(out)]) == 0
+        return best_state(out)
+    first = train_on(data_dir, tmp_path / 'a')
+    raw = data_dir / 'MNIST' / 'raw'
+    write_idx(raw / 't10k-images-idx3-ubyte', torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8))
+    write_idx(raw / 't10k-labels-idx1-ubyte', torch.randint(0, 256, (200,), dtype=torch.uint8))
+    assert_same_state(train_on(data_dir, tmp_path / 'b'), first)
