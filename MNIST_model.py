@@ -118,15 +118,31 @@ class Config:
     data_dir = 'dataset'
     out_dir = 'saved_model'
     # Every setting is a row of `settings` on top of `base`: add a row to add an experiment.
+    # distort: strength of random affine warps of training images (1 = up to 11 degrees, 10% scale, 2 pixels
+    # shift); elastic: size in pixels of random smooth displacements; schedule 'onecycle' ramps lr up then down.
     base = dict(batch_size=batch_size, activation='relu', layers=4, width=200, epochs=epoch, init='he',
-                optimizer='Adam', lr=lr_adam, weight_decay=0.0, dropout=0.0)
+                optimizer='Adam', lr=lr_adam, weight_decay=0.0, dropout=0.0, distort=0.0, elastic=0.0,
+                label_smoothing=0.0, schedule=None)
     settings = {
         1: dict(optimizer='Adadelta', lr=lr_adadelta),
         2: dict(optimizer='Adam', lr=lr_adam),
         3: dict(optimizer='Adadelta', lr=lr_adadelta, weight_decay=weight_decay),
         4: dict(optimizer='Adam', lr=lr_adam, weight_decay=weight_decay),
+        # Additional experiments, each one change to Setting 2
+        5: dict(activation='sigmoid', init='xavier'),
+        6: dict(activation='tanh', init='xavier'),
+        7: dict(activation='leaky_relu'),
+        8: dict(activation='elu'),
+        9: dict(activation='maxout'),
+        10: dict(init='xavier'),
+        11: dict(optimizer='AdamW', weight_decay=weight_decay),  # decoupled decay, beside Setting 4's L2
+        12: dict(batch_size=50),
+        13: dict(batch_size=1000),
+        # The assignment's network trained for the best test accuracy it can reach
+        'best': dict(optimizer='AdamW', lr=3e-3, weight_decay=0.05, schedule='onecycle', epochs=400,
+                     dropout=0.1, distort=1.0, elastic=1.0, label_smoothing=0.1),
     }
-    groups = {'all': [1, 2, 3, 4]}  # names for several settings at once
+    groups = {'all': [1, 2, 3, 4], 'extra': list(range(5, 14))}  # names for several settings at once
 
 
 def setting(name):

@@ -54,22 +54,46 @@ def split_indices(n):
     return perm[n_val:], perm[:n_val]
 
 
-def make_optimizer(model, hyper):
-    """The setting's optimizer, in its fused form where it has one (else graph-capturable on a GPU)."""
-    cuda = next(model.parameters()).is_cuda
-    fast = {'fused': True} if hyper['optimizer'] in FUSED else {'capturable': True} if cuda else {}
-    return OPTIMIZERS[hyper['optimizer']](model.parameters(), lr=hyper['lr'],
-                                          weight_decay=hyper['weight_decay'], **fast)
+def make_optimizer(model, hyper, steps_per_epoch):
+    """The setting's optimizer (fused where it can be, else graph-capturable on a GPU) and lr schedule."""
+    fast = {'capturable': next(model.parameters()).is_cuda}  # a GPU step is recorded as a CUDA graph
+    if hyper['optimizer'] in FUSED:
+        fast['fused'] = True
+    # a tensor learning rate when it is scheduled, so that a CUDA graph sees the changes
+    lr = torch.tensor(hyper['lr'], device=next(model.parameters()).device) if hyper['schedule'] else hyper['lr']
+    optimizer = OPTIMIZERS[hyper['optimizer']](model.parameters(), lr=lr, weight_decay=hyper['weight_decay'], **fast)
+    scheduler = None
+    if hyper['schedule'] == 'onecycle':
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, hyper['lr'],
+                                                        total_steps=hyper['epochs'] * steps_per_epoch)
+    return optimizer, scheduler
 
 
-def make_step(model, optimizer, warmup=3):
+def distort(x, hyper):
+    """Randomly warped copies of a batch of images [B, 784]: affine (rotation, scale, shear, shift) and elastic."""
+    b, device = len(x), x.device
+    def uniform(size):
+        return (torch.rand(b, device=device) * 2 - 1) * size * hyper['distort']
+    angle, scale, shear = uniform(0.2), 1 + uniform(0.1), uniform(0.1)
+    cos, sin = angle.cos() * scale, angle.sin() * scale
+    theta = torch.stack([cos, shear - sin, uniform(0.15), sin, cos, uniform(0.15)], 1).view(b, 2, 3)
+    grid = F.affine_grid(theta, (b, 1, 28, 28), align_corners=False)
+    if hyper['elastic']:  # a smooth random displacement field, in pixels (2 / 28 grid units per pixel)
+        field = torch.randn(b, 2, 4, 4, device=device) * (hyper['elastic'] * 2 / 28)
+        grid = grid + F.interpolate(field, size=(28, 28), mode='bicubic', align_corners=False).permute(0, 2, 3, 1)
+    return F.grid_sample(x.view(b, 1, 28, 28), grid, align_corners=False).view(b, -1)
+
+
+def make_step(model, optimizer, hyper, warmup=3):
     """One optimisation step on a mini-batch; returns the batch's loss.
 
     On a GPU, after `warmup` ordinary steps the step is recorded once as a CUDA graph and then replayed:
     one launch per step instead of dozens. A batch of another size runs as an ordinary step.
     """
     def step(xb, yb):
-        loss = F.cross_entropy(model(xb), yb)
+        if hyper['distort'] or hyper['elastic']:
+            xb = distort(xb, hyper)
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=hyper['label_smoothing'])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -100,10 +124,14 @@ def make_step(model, optimizer, warmup=3):
     return graph_step
 
 
-def train(model, step, x, y, batch_size):
+def train(model, step, x, y, batch_size, scheduler=None):
     """One epoch; returns the training loss averaged over all its batches."""
     model.train()
-    losses = [step(xb, yb) for xb, yb in generate_batch(x, y, batch_size)]
+    losses = []
+    for xb, yb in generate_batch(x, y, batch_size):
+        losses.append(step(xb, yb))
+        if scheduler:
+            scheduler.step()
     return torch.stack(losses).mean().item()
 
 
@@ -131,26 +159,28 @@ def start_run(folder, args):
         fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
 
 
-def resume(folder, model, optimizer, history):
+def resume(folder, model, optimizer, scheduler, history):
     """Load the state after the last finished epoch, if there is one; returns the history so far."""
     path = os.path.join(folder, 'last.pth')
     if not os.path.exists(path):
         return history
     try:
         state = load_checkpoint(path)
+        same = all(state['history'][k] == history[k] for k in ('hyperparameters', 'seed'))
         model.load_state_dict(state['model_state_dict'])
         optimizer.load_state_dict(state['optimizer_state_dict'])
+        if scheduler:
+            scheduler.load_state_dict(state['scheduler_state_dict'])
         torch.set_rng_state(state['rng_state'])
     except (ValueError, KeyError, RuntimeError) as e:
         fail(f'cannot resume from {path} ({e}); pass --force to start over')
-    same = ({**state['history']['hyperparameters'], 'epochs': 0} == {**history['hyperparameters'], 'epochs': 0}
-            and state['history']['seed'] == history['seed'])
     if not same:
-        fail(f'{folder} was trained with other hyperparameters or seed than asked now; pass --force to start over')
-    return {**state['history'], 'hyperparameters': history['hyperparameters']}
+        fail(f'{folder} was trained with other hyperparameters, epochs or seed than asked now; '
+             'pass --force to start over')
+    return state['history']
 
 
-def save_epoch(folder, model, optimizer, history, improved):
+def save_epoch(folder, model, optimizer, scheduler, history, improved):
     """Best checkpoint (if improved), then the resumable state and the history, each written atomically."""
     epoch = len(history['epochs'])
     if improved:
@@ -162,7 +192,8 @@ def save_epoch(folder, model, optimizer, history, improved):
             if old != best:
                 os.remove(old)
     state = {'epoch': epoch, 'model_state_dict': model.state_dict(), 'history': history,
-             'optimizer_state_dict': optimizer.state_dict(), 'rng_state': torch.get_rng_state()}
+             'optimizer_state_dict': optimizer.state_dict(), 'rng_state': torch.get_rng_state(),
+             'scheduler_state_dict': scheduler.state_dict() if scheduler else None}
     save_atomic(os.path.join(folder, 'last.pth'), lambda f: torch.save(state, f))
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
@@ -174,16 +205,16 @@ def train_setting(name, seed, folder, data, args):
     torch.manual_seed(seed)
     model = build_model(hyper).to(args.device)
     model.fit_input(x_train)
-    optimizer = make_optimizer(model, hyper)
+    optimizer, scheduler = make_optimizer(model, hyper, math.ceil(len(x_train) / hyper['batch_size']))
     history = dict(setting=str(name), hyperparameters=hyper, seed=seed, device=str(args.device), epochs=[],
                    best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
     if args.resume:
-        history = resume(folder, model, optimizer, history)
-    step = make_step(model, optimizer)
+        history = resume(folder, model, optimizer, scheduler, history)
+    step = make_step(model, optimizer, hyper)
     label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):
         start = time.perf_counter()
-        train_loss = train(model, step, x_train, y_train, hyper['batch_size'])
+        train_loss = train(model, step, x_train, y_train, hyper['batch_size'], scheduler)
         val_loss, val_acc = evaluate(model, x_val, y_val)
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
@@ -196,7 +227,7 @@ def train_setting(name, seed, folder, data, args):
         improved = val_acc > history['best_val_accuracy']
         if improved:
             history['best_epoch'], history['best_val_accuracy'] = epoch, val_acc
-        save_epoch(folder, model, optimizer, history, improved)
+        save_epoch(folder, model, optimizer, scheduler, history, improved)
         print(f'{label} | epoch {epoch:3d}/{hyper["epochs"]} | train loss {train_loss:.4f} | '
               f'val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else ''))
     if history['best_epoch']:

@@ -66,7 +66,9 @@ def skeleton_epoch(data_dir, train_idx, val_idx, device):
 def project_epoch(x_train, y_train, x_val, y_val):
     model = MNIST_model().to(x_train.device)
     model.fit_input(x_train)
-    step = make_step(model, make_optimizer(model, setting(2)))
+    hyper = setting(2)
+    optimizer, _ = make_optimizer(model, hyper, len(x_train) // Config.batch_size)
+    step = make_step(model, optimizer, hyper)
 
     def epoch():
         train(model, step, x_train, y_train, Config.batch_size)

@@ -249,3 +249,25 @@ def test_training_never_reads_the_test_split(data_dir, tmp_path):
     write_idx(raw / 't10k-images-idx3-ubyte', torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8))
     write_idx(raw / 't10k-labels-idx1-ubyte', torch.randint(0, 256, (200,), dtype=torch.uint8))
     assert_same_state(train_on(data_dir, tmp_path / 'b'), first)
+
+
+CTRL_C_AT_3 = '''
+import MNIST_train
+real_train, epochs = MNIST_train.train, []
+def train(*args):
+    epochs.append(1)
+    if len(epochs) == 3:
+        raise KeyboardInterrupt
+    return real_train(*args)
+MNIST_train.train = train
+'''
+
+
+def test_resume_with_schedule_dropout_and_distortions(harness, tmp_path):
+    """The 'best' recipe draws random numbers and schedules its learning rate: resuming restores both."""
+    args = ('--setting', 'best', '--epochs', '4', '--device', 'cpu')
+    assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
+    assert harness('MNIST_train', CTRL_C_AT_3, *args).returncode == 130
+    assert harness('MNIST_train', '', *args, '--resume').returncode == 0
+    assert history_without_times(tmp_path / 'out', 'best') == history_without_times(tmp_path / 'ref', 'best')
+    assert_same_state(best_state(tmp_path / 'out', 'best'), best_state(tmp_path / 'ref', 'best'))
