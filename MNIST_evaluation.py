@@ -60,7 +60,7 @@ def mean_std(values, fmt):
     return f'{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}'
 
 
-def table_row(name, results):
+def table_row(results):
     """The assignment's twelve columns for one setting (mean ± std over seeds where there are several)."""
     h = results[0]['history']['hyperparameters']
     return [h['batch_size'], NAMES[h['activation']], h['layers'], h['width'], h['epochs'], NAMES[h['init']],
@@ -70,10 +70,10 @@ def table_row(name, results):
             mean_std([100 * r['accuracy'] for r in results], '{:.2f}%')]
 
 
-def differences(name):
-    """What an extra setting changes relative to the reference setting."""
-    ref, own = setting(REFERENCE), setting(name)
-    return ', '.join(f'{k}={own[k]}' for k in own if own[k] != ref.get(k)) or 'nothing'
+def differences(hyper):
+    """What a run's hyperparameters change relative to the reference setting (epochs have their own column)."""
+    ref = setting(REFERENCE)
+    return ', '.join(f'{k}={v}' for k, v in hyper.items() if k != 'epochs' and v != ref.get(k)) or 'nothing'
 
 
 def markdown_table(header, rows):
@@ -137,19 +137,20 @@ def write_report(rows, out_dir):
     extra_rows = {n: r for n, r in rows.items() if n not in Config.groups['all']}
     body = ['# MNIST 4-layer perceptron: evaluation report', '']
     if main_rows:
-        body += [markdown_table(['', *COLUMNS], [[f'Setting #{n}', *table_row(n, r)] for n, r in main_rows.items()]),
+        body += [markdown_table(['', *COLUMNS], [[f'Setting #{n}', *table_row(r)] for n, r in main_rows.items()]),
                  '', '**Validation dataset accuracy plot**', '', '![Validation accuracy](val_accuracy.png)', '']
     if extra_rows:
         body += ['## Additional experiments', '',
                  markdown_table(['', f'Differs from Setting #{REFERENCE}', *COLUMNS],
-                                [[f'Setting #{n}', differences(n), *table_row(n, r)] for n, r in extra_rows.items()]),
+                                [[f'Setting #{n}', differences(r[0]['history']['hyperparameters']), *table_row(r)]
+                                 for n, r in extra_rows.items()]),
                  '']
     body += ['## Results', '', summary(rows), '',
              'Accuracy is measured once on the 10,000 test images; the early stopping epoch was chosen on a '
              'validation split of 10,000 images held out from the training images.', '']
     save_atomic(os.path.join(out_dir, 'report.md'), lambda f: f.write('\n'.join(body).encode()))
     text = io.StringIO()
-    csv.writer(text).writerows([['Setting', *COLUMNS], *([n, *table_row(n, r)] for n, r in rows.items())])
+    csv.writer(text).writerows([['Setting', *COLUMNS], *([n, *table_row(r)] for n, r in rows.items())])
     save_atomic(os.path.join(out_dir, 'report.csv'), lambda f: f.write(text.getvalue().encode()))
     plot_panels(main_rows or rows, os.path.join(out_dir, 'val_accuracy.png'))
 

@@ -129,7 +129,7 @@ def test_existing_results_are_not_overwritten(cli, tmp_path):
 
 
 @pytest.mark.parametrize('args, phrase', [
-    (['--setting', '9'], "unknown setting '9'"),
+    (['--setting', '99'], "unknown setting '99'"),
     (['--setting', 'five'], "unknown setting 'five'"),
     (['--setting', '1', '--epochs', '0'], "'0' is not a whole number of at least 1"),
     (['--setting', '1', '--epochs', 'ten'], "'ten' is not a whole number"),

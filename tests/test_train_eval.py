@@ -88,3 +88,22 @@ def test_same_seed_same_history(data_dir, tmp_path):
     first = run_history(data_dir, tmp_path / 'a', 0)
     assert first == run_history(data_dir, tmp_path / 'b', 0)
     assert first != run_history(data_dir, tmp_path / 'c', 1)
+
+
+def test_seeds_and_additional_experiments_in_the_report(cli, tmp_path):
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '2', '--seeds', '3').returncode == 0
+    assert cli('MNIST_train.py', '--setting', '5', '--epochs', '1').returncode == 0
+    folder = tmp_path / 'out' / 'setting_2'
+    assert sorted(p.name for p in folder.iterdir()) == ['seed_0', 'seed_1', 'seed_2']
+    seeds = [json.loads((folder / f'seed_{s}' / 'history.json').read_text())['seed'] for s in range(3)]
+    assert seeds == [0, 1, 2]
+    evaluated = cli('MNIST_evaluation.py')
+    assert evaluated.returncode == 0, evaluated.stderr
+    for s in range(3):
+        assert f'Setting 2 seed {s}: accuracy of the' in evaluated.stdout
+    report = (tmp_path / 'out' / 'report.md').read_text()
+    row = next(line for line in report.splitlines() if line.startswith('| Setting #2'))
+    accuracy, epoch = row.strip('|').split('|')[-1], row.strip('|').split('|')[-2]
+    assert '±' in accuracy and '±' in epoch
+    extra = report.split('## Additional experiments')[1]
+    assert '| Setting #5 | activation=sigmoid, init=xavier |' in extra
