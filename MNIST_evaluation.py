@@ -39,7 +39,7 @@ def runs_of(out_dir, name):
     return [p for p in seeds if best_checkpoint(p)] or [p for p in [run_dir(out_dir, name)] if best_checkpoint(p)]
 
 
-def test_run(folder, x, y, device):
+def evaluate_run(folder, x, y, device):
     """Test accuracy of a run's best checkpoint, with its history and predicted logits."""
     path = best_checkpoint(folder)
     checkpoint = load_checkpoint(path, device)
@@ -63,8 +63,8 @@ def mean_std(values, fmt):
 def table_row(results):
     """The assignment's twelve columns for one setting (mean ± std over seeds where there are several)."""
     h = results[0]['history']['hyperparameters']
-    return [h['batch_size'], NAMES[h['activation']], h['layers'], h['width'], h['epochs'], NAMES[h['init']],
-            h['optimizer'], f'{h["lr"]:g}', f'{h["weight_decay"]:g}',
+    return [h['batch_size'], NAMES.get(h['activation'], h['activation']), h['layers'], h['width'], h['epochs'],
+            NAMES.get(h['init'], h['init']), h['optimizer'], f'{h["lr"]:g}', f'{h["weight_decay"]:g}',
             mean_std([r['history']['training_time'] for r in results], '{:.1f} s'),
             mean_std([r['epoch'] for r in results], '{:.0f}'),
             mean_std([100 * r['accuracy'] for r in results], '{:.2f}%')]
@@ -169,7 +169,7 @@ def main(argv=None):
         results = []
         for folder in folders:
             try:
-                results.append(test_run(folder, x, y, args.device))
+                results.append(evaluate_run(folder, x, y, args.device))
             except ValueError as e:
                 print(f'Setting {name}: skipped: {e}', file=sys.stderr)
                 skipped += 1

@@ -25,6 +25,7 @@ RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
 
 
 def count(minimum):
+    """argparse type: a whole number of at least `minimum`."""
     def parse(text):
         if not text.isdigit() or int(text) < minimum:
             raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
