@@ -36,8 +36,8 @@ def count(minimum):
 def parse_args(argv):
     p = argparse.ArgumentParser(description='Train settings of the MNIST 4-layer perceptron; '
                                 'each setting is a row of Config.settings in MNIST_model.py.')
-    add_common_args(p, required=True, setting_help='setting(s) to train: a number or name of Config.settings, '
-                                                  "or 'all' for the assignment's settings 1-4")
+    add_common_args(p, required=True, setting_help="setting to train: a row of Config.settings (1-4 are the "
+                    "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4 or 'extra' for 5-13")
     p.add_argument('--epochs', type=count(1), help="epochs to train (default: the setting's, 100)")
     p.add_argument('--seed', type=count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
     p.add_argument('--seeds', type=count(1), metavar='K',
