@@ -6,8 +6,9 @@ import torch
 
 import MNIST_train
 from MNIST_evaluation import COLUMNS
-from MNIST_model import MNIST_model, data_load, predict
-from MNIST_train import split_indices, train
+from MNIST_model import MNIST_model, data_load, predict, setting
+from MNIST_train import make_optimizer, make_step, split_indices, train
+from tests.idx import synthetic_digits
 
 
 def test_train_then_evaluate_fills_the_report(cli, tmp_path):
@@ -107,3 +108,34 @@ def test_seeds_and_additional_experiments_in_the_report(cli, tmp_path):
     assert '±' in accuracy and '±' in epoch
     extra = report.split('## Additional experiments')[1]
     assert '| Setting #5 | activation=sigmoid, init=xavier |' in extra
+
+
+def test_fast_path_matches_a_plain_loop():
+    """Fused optimizer, in-place ReLU and tensor batching give the losses of a textbook loop, seed for seed."""
+    x, y = synthetic_digits(1000, seed=0)
+    x = x.flatten(1) / 255
+    hyper = setting(2)
+    torch.manual_seed(0)
+    fast = MNIST_model()
+    torch.manual_seed(0)
+    plain = MNIST_model()
+    fast.fit_input(x)
+    plain.fit_input(x)
+    optimizer, _ = make_optimizer(fast, hyper, 5)
+    step = make_step(fast, optimizer, hyper)
+    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=hyper['lr'], foreach=False)
+    criterion = torch.nn.CrossEntropyLoss()
+    for epoch in range(3):
+        torch.manual_seed(epoch)
+        fast_loss = train(fast, step, x, y, 200)
+        torch.manual_seed(epoch)
+        perm, losses = torch.randperm(len(x)), []
+        for i in range(0, len(x), 200):
+            idx = perm[i:i + 200]
+            loss = criterion(plain(x[idx]), y[idx])
+            plain_optimizer.zero_grad()
+            loss.backward()
+            plain_optimizer.step()
+            losses.append(loss.item())
+        assert abs(fast_loss - sum(losses) / len(losses)) < 1e-5
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast.parameters(), plain.parameters()))
