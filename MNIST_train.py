@@ -57,11 +57,12 @@ def split_indices(n):
 
 def make_optimizer(model, hyper, steps_per_epoch):
     """The setting's optimizer (fused where it can be, else graph-capturable on a GPU) and lr schedule."""
-    fast = {'capturable': next(model.parameters()).is_cuda}  # a GPU step is recorded as a CUDA graph
+    device = next(model.parameters()).device
+    fast = {'capturable': device.type == 'cuda'}  # a GPU step is recorded as a CUDA graph
     if hyper['optimizer'] in FUSED:
         fast['fused'] = True
     # a tensor learning rate when it is scheduled, so that a CUDA graph sees the changes
-    lr = torch.tensor(hyper['lr'], device=next(model.parameters()).device) if hyper['schedule'] else hyper['lr']
+    lr = torch.tensor(hyper['lr'], device=device) if hyper['schedule'] else hyper['lr']
     optimizer = OPTIMIZERS[hyper['optimizer']](model.parameters(), lr=lr, weight_decay=hyper['weight_decay'], **fast)
     scheduler = None
     if hyper['schedule'] == 'onecycle':
