@@ -3,11 +3,12 @@ import glob
 import json
 
 import torch
+import torch.nn.functional as F
 
 import MNIST_train
 from MNIST_evaluation import COLUMNS
 from MNIST_model import MNIST_model, data_load, predict, setting
-from MNIST_train import make_optimizer, make_step, split_indices, train
+from MNIST_train import distort, make_optimizer, make_step, split_indices, train
 from tests.idx import synthetic_digits
 
 
@@ -139,3 +140,18 @@ def test_fast_path_matches_a_plain_loop():
             losses.append(loss.item())
         assert abs(fast_loss - sum(losses) / len(losses)) < 1e-5
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast.parameters(), plain.parameters()))
+
+
+def test_distortions_are_the_warps_they_claim():
+    """No strength leaves the images alone; the elastic field is bicubic upsampling, done as matrix products."""
+    x = synthetic_digits(8, seed=0)[0].flatten(1) / 255
+    assert torch.allclose(distort(x, dict(distort=0.0, elastic=0.0)), x, atol=1e-5)
+    torch.manual_seed(0)
+    warped = distort(x, dict(distort=0.0, elastic=1.0))
+    torch.manual_seed(0)
+    torch.rand(5, len(x))  # the five affine draws
+    field = torch.randn(len(x), 2, 4, 4) * (2 / 28)
+    grid = F.affine_grid(torch.eye(2, 3).expand(len(x), 2, 3), (len(x), 1, 28, 28), align_corners=False)
+    grid = grid + F.interpolate(field, size=(28, 28), mode='bicubic', align_corners=False).permute(0, 2, 3, 1)
+    expected = F.grid_sample(x.view(-1, 1, 28, 28), grid, align_corners=False).flatten(1)
+    assert torch.allclose(warped, expected, atol=1e-5) and not torch.allclose(warped, x, atol=1e-2)
