@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from MNIST_model import ACTIVATIONS, Config, MNIST_model, setting
+from MNIST_model import ACTIVATIONS, Config, MNIST_model, deskew, setting
 
 
 def test_default_model_is_the_assignments():
@@ -85,3 +85,18 @@ def test_settings_table_is_the_assignments():
         assert (s['batch_size'], s['activation'], s['layers'], s['width'], s['epochs'], s['init']) == \
             (200, 'relu', 4, 200, 100, 'he')
     assert Config.groups['all'] == [1, 2, 3, 4]
+
+
+def test_deskew_stands_a_slanted_stroke_upright_in_the_centre():
+    image = torch.zeros(28, 28)
+    for r in range(4, 24):
+        image[r, 4 + r // 2] = 1.0  # a stroke leaning right, off centre
+    straight = deskew(image.view(1, 784)).view(28, 28)
+    rows = straight.sum(1) > 0.5
+    centres = (straight * torch.arange(28.0)).sum(1)[rows] / straight.sum(1)[rows]
+    assert centres.max() - centres.min() < 1.5  # upright: every row's ink in the same column, within a pixel
+    assert abs(centres.mean() - 13.5) < 1 and abs(straight.sum() - image.sum()) < 0.5
+    assert not deskew(torch.zeros(2, 784)).any()  # a blank image stays blank, no NaN
+    model = MNIST_model(deskew=True)
+    model.fit_input(image.view(1, 784).repeat(2, 1))
+    assert torch.allclose(model.input_shift, -straight.flatten() * model.input_scale)  # fitted on deskewed images

@@ -263,7 +263,7 @@ MNIST_train.train = train
 '''
 
 
-def test_resume_with_schedule_dropout_and_distortions(harness, tmp_path):
+def test_resume_with_schedule_and_distortions(harness, tmp_path):
     """The 'best' recipe draws random numbers and schedules its learning rate: resuming restores both."""
     args = ('--setting', 'best', '--epochs', '4', '--device', 'cpu')
     assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
