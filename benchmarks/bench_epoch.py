@@ -4,6 +4,8 @@
   project   this project's epoch: MNIST_train.train() and MNIST_model.evaluate(), the code MNIST_train.py runs
   floor     only the matrix products of that epoch (forward and backward at batch 200, validation forward)
 
+Then where the time of one of the project's training steps goes, part by part.
+
     python benchmarks/bench_epoch.py [--device cpu|cuda] [--epochs 5]
 """
 import argparse
@@ -25,16 +27,19 @@ from MNIST_train import make_optimizer, make_step, split_indices, train  # noqa:
 from tests.idx import write_mnist  # noqa: E402
 
 
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
 def timed(epoch, device, repeats):
     """Median seconds of `repeats` epochs after one warm-up epoch."""
     times = []
     for _ in range(repeats + 1):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         epoch()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
@@ -101,6 +106,41 @@ def floor_epoch(x_train, x_val):
     return epoch
 
 
+def step_parts(x_train, y_train, repeats=250):
+    """Median microseconds of each part of an ordinary (eager) training step of Setting 2, timed one by one."""
+    device = x_train.device
+    model = MNIST_model().to(device)
+    model.fit_input(x_train)
+    optimizer, _ = make_optimizer(model, setting(2), 1)
+    batches = torch.randperm(len(x_train), device=device).view(-1, Config.batch_size)
+    done = {}
+
+    def gather(i):
+        done['x'], done['y'] = x_train[batches[i % len(batches)]], y_train[batches[i % len(batches)]]
+
+    def forward(i):
+        done['loss'] = F.cross_entropy(model(done['x']), done['y'])
+
+    def backward(i):
+        optimizer.zero_grad(set_to_none=True)
+        done['loss'].backward()
+
+    def update(i):
+        optimizer.step()
+
+    parts = {'gather the batch': gather, 'forward + loss': forward, 'zero_grad + backward': backward,
+             'optimizer step': update}
+    times = {name: [] for name in parts}
+    for i in range(repeats + 10):  # the first 10 steps warm up
+        for name, part in parts.items():
+            sync(device)
+            start = time.perf_counter()
+            part(i)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[10:]) * 1e6 for name, t in times.items()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', type=parse_device, default='auto', help='auto, cpu, cuda (default auto)')
@@ -126,12 +166,20 @@ def main():
                   else f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS')
         floor = timed(floor_epoch(x_train, x_val), device, args.epochs)
         skeleton = timed(skeleton_epoch(data_dir, train_idx, val_idx, device), device, max(3, args.epochs // 2))
+        parts = step_parts(x_train, y_train)
     print(f'\n| path | s / epoch (median of {args.epochs}) |\n|---|---|')
     for name, seconds in (('skeleton: DataLoader + ToTensor', skeleton), ('project: MNIST_train.train', project),
                           ('floor: matrix products only', floor)):
         print(f'| {name} | {seconds:.3f} |')
     print(f'\nproject / floor = {project / floor:.2f}   skeleton / project = {skeleton / project:.1f}   '
           f'project peak memory: {memory}')
+    steps = len(x_train) // Config.batch_size
+    print(f'\n| one training step, part by part | µs (median) |\n|---|---|')
+    for name, us in parts.items():
+        print(f'| {name} | {us:.0f} |')
+    print(f'| sum of the parts | {sum(parts.values()):.0f} |')
+    print(f'| project epoch / {steps} steps (validation included) | {project / steps * 1e6:.0f} |')
+    print(f'| floor epoch / {steps} steps (validation included) | {floor / steps * 1e6:.0f} |')
 
 
 if __name__ == '__main__':
