@@ -2,6 +2,7 @@
 
   skeleton  the assignment skeleton's pipeline: datasets.MNIST + ToTensor + DataLoader
   project   this project's epoch: MNIST_train.train() and MNIST_model.evaluate(), the code MNIST_train.py runs
+  by hand   the same arithmetic written out: no autograd, no nn.Module, one fused Adam over one flat weight vector
   floor     only the matrix products of that epoch (forward and backward at batch 200, validation forward)
 
 Then where the time of one of the project's training steps goes, part by part.
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from MNIST_model import Config, MNIST_model, data_load, evaluate, parse_device, setting  # noqa: E402
+from MNIST_model import Config, MNIST_model, data_load, evaluate, generate_batch, parse_device, setting  # noqa: E402
 from MNIST_train import make_optimizer, make_step, split_indices, train  # noqa: E402
 from tests.idx import write_mnist  # noqa: E402
 
@@ -81,6 +82,46 @@ def project_epoch(x_train, y_train, x_val, y_val):
     return epoch
 
 
+def by_hand_epoch(x_train, y_train, x_val):
+    """Setting 2's epoch with only its arithmetic: the gradients written out instead of autograd, and all
+    weights in one flat vector so that Adam is a single fused update. A lower bound for any eager loop."""
+    model = MNIST_model().to(x_train.device)
+    model.fit_input(x_train)
+    params = list(model.parameters())
+    flat = torch.nn.Parameter(torch.cat([p.detach().flatten() for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    optimizer = torch.optim.Adam([flat], lr=Config.lr_adam, fused=True)
+
+    def views(t):  # weights and biases (or their gradients) as views into one flat vector
+        parts = [v.view_as(p) for v, p in zip(t.detach().split([p.numel() for p in params]), params)]
+        return parts[0::2], parts[1::2]
+    (weights, biases), (grad_w, grad_b) = views(flat), views(flat.grad)
+    one_hot = torch.eye(10, device=x_train.device)
+
+    def forward(x):
+        acts = [torch.addcmul(model.input_shift, x, model.input_scale)]
+        for w, b in zip(weights[:-1], biases[:-1]):
+            acts.append(torch.addmm(b, acts[-1], w.T).relu_())
+        return torch.addmm(biases[-1], acts[-1], weights[-1].T), acts
+
+    def epoch():
+        losses = []
+        for xb, yb in generate_batch(x_train, y_train, Config.batch_size):
+            logits, acts = forward(xb)
+            log_p, target = logits.log_softmax(1), one_hot.index_select(0, yb)
+            losses.append(-(log_p * target).sum() / len(yb))
+            g = log_p.exp_().sub_(target).div_(len(yb))  # gradient of the mean cross-entropy wrt the logits
+            for k in reversed(range(len(weights))):
+                torch.mm(g.T, acts[k], out=grad_w[k])
+                torch.sum(g, 0, out=grad_b[k])
+                if k:
+                    g = (g @ weights[k]).mul_(acts[k].sign())  # ReLU's gradient: sign() is 0 or 1 here
+            optimizer.step()
+        forward(x_val)
+        return torch.stack(losses).mean().item()
+    return epoch
+
+
 def floor_epoch(x_train, x_val):
     """Forward (4 products) and backward (4 weight and 3 input gradients) per batch, then the validation forward."""
     weights = [w.detach() for w in MNIST_model().to(x_train.device).parameters() if w.dim() == 2]
@@ -116,7 +157,8 @@ def step_parts(x_train, y_train, repeats=250):
     done = {}
 
     def gather(i):
-        done['x'], done['y'] = x_train[batches[i % len(batches)]], y_train[batches[i % len(batches)]]
+        idx = batches[i % len(batches)]
+        done['x'], done['y'] = x_train.index_select(0, idx), y_train.index_select(0, idx)
 
     def forward(i):
         done['loss'] = F.cross_entropy(model(done['x']), done['y'])
@@ -164,15 +206,16 @@ def main():
         project = timed(project_epoch(x_train, y_train, x_val, y_val), device, args.epochs)
         memory = (f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB GPU memory' if device.type == 'cuda'
                   else f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS')
+        by_hand = timed(by_hand_epoch(x_train, y_train, x_val), device, args.epochs)
         floor = timed(floor_epoch(x_train, x_val), device, args.epochs)
         skeleton = timed(skeleton_epoch(data_dir, train_idx, val_idx, device), device, max(3, args.epochs // 2))
         parts = step_parts(x_train, y_train)
     print(f'\n| path | s / epoch (median of {args.epochs}) |\n|---|---|')
     for name, seconds in (('skeleton: DataLoader + ToTensor', skeleton), ('project: MNIST_train.train', project),
-                          ('floor: matrix products only', floor)):
+                          ('by hand: no autograd, one flat Adam', by_hand), ('floor: matrix products only', floor)):
         print(f'| {name} | {seconds:.3f} |')
-    print(f'\nproject / floor = {project / floor:.2f}   skeleton / project = {skeleton / project:.1f}   '
-          f'project peak memory: {memory}')
+    print(f'\nproject / floor = {project / floor:.2f}   by hand / floor = {by_hand / floor:.2f}   '
+          f'skeleton / project = {skeleton / project:.1f}   project peak memory: {memory}')
     steps = len(x_train) // Config.batch_size
     print(f'\n| one training step, part by part | µs (median) |\n|---|---|')
     for name, us in parts.items():
