@@ -170,6 +170,12 @@ def start_run(folder, args):
         fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
 
 
+def run_identity(history):
+    """What a resumed run must share with the saved one; epochs only count when the lr schedule spans them."""
+    h = history['hyperparameters']
+    return {**h, 'epochs': h['epochs'] if h['schedule'] else None}, history['seed']
+
+
 def resume(folder, model, optimizer, scheduler, history):
     """Load the state after the last finished epoch, if there is one; returns the history so far."""
     path = os.path.join(folder, 'last.pth')
@@ -177,7 +183,7 @@ def resume(folder, model, optimizer, scheduler, history):
         return history
     try:
         state = load_checkpoint(path)
-        same = all(state['history'][k] == history[k] for k in ('hyperparameters', 'seed'))
+        same = run_identity(state['history']) == run_identity(history)
         model.load_state_dict(state['model_state_dict'])
         optimizer.load_state_dict(state['optimizer_state_dict'])
         if scheduler:
@@ -186,9 +192,9 @@ def resume(folder, model, optimizer, scheduler, history):
     except (ValueError, KeyError, RuntimeError) as e:
         fail(f'cannot resume from {path} ({e}); pass --force to start over')
     if not same:
-        fail(f'{folder} was trained with other hyperparameters, epochs or seed than asked now; '
-             'pass --force to start over')
-    return state['history']
+        fail(f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
+             'other epochs too); pass --force to start over')
+    return {**state['history'], 'hyperparameters': history['hyperparameters']}
 
 
 def save_epoch(folder, model, optimizer, scheduler, history, improved):

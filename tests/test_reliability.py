@@ -213,6 +213,16 @@ def test_resume_refuses_a_checkpoint_with_code(cli, tmp_path):
     assert not (tmp_path / 'pwned').exists()
 
 
+def test_resume_extends_a_finished_run_unless_its_schedule_spans_the_epochs(cli, tmp_path):
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume').returncode == 0
+    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text())
+    assert [e['epoch'] for e in history['epochs']] == [1, 2] and history['hyperparameters']['epochs'] == 2
+    assert cli('MNIST_train.py', '--setting', 'best', '--epochs', '1').returncode == 0
+    refused = cli('MNIST_train.py', '--setting', 'best', '--epochs', '2', '--resume')
+    assert_clean_error(refused, 'other epochs', '--force')
+
+
 def test_unwritable_output_folder(cli, tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('not a folder')
