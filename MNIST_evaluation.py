@@ -13,10 +13,9 @@ import statistics
 import sys
 
 import matplotlib.pyplot as plt
-import torch
 
 from MNIST_model import (Config, add_common_args, best_checkpoint, data_load, fail, load_checkpoint, load_model,
-                         plot_val_accuracy, predict, run_dir, save_atomic, save_figure, setting)
+                         plot_val_accuracy, predict, run_dir, run_script, save_atomic, save_figure, setting, start_process)
 
 COLUMNS = ('Batch_size', 'Activation function', '# of layers', 'Layer size', 'Epoch', 'Weight initialization',
            'Optimizer', 'Learning rate', 'Weight decay', '100 epoch training time', 'Early stopping epoch',
@@ -26,13 +25,6 @@ NAMES = {'relu': 'ReLU', 'sigmoid': 'Sigmoid', 'tanh': 'Tanh', 'leaky_relu': 'Le
 REFERENCE = 2  # extra settings are described by how they differ from this one
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description='Evaluate the best checkpoint of each trained setting on the '
-                                'MNIST test split and write report.md, report.csv and plots.')
-    add_common_args(p, required=False, setting_help='setting(s) to evaluate (default: every trained one)')
-    return p.parse_args(argv)
-
-
 def runs_of(out_dir, name):
     """Result folders of a setting: one per seed, or the setting's own folder."""
     seeds = sorted(glob.glob(os.path.join(run_dir(out_dir, name), 'seed_*')), key=lambda p: int(p.rsplit('_', 1)[1]))
@@ -40,18 +32,17 @@ def runs_of(out_dir, name):
 
 
 def evaluate_run(folder, x, y, device):
-    """Test accuracy of a run's best checkpoint, with its history and predicted logits."""
-    path = best_checkpoint(folder)
-    checkpoint = load_checkpoint(path, device)
-    model = load_model(checkpoint, path, device)
-    logits = predict(model, x)
+    """Test accuracy of a run's best checkpoint, with its history."""
     try:
         with open(os.path.join(folder, 'history.json')) as f:
             history = json.load(f)
-    except (OSError, ValueError):
+        hyper = history['hyperparameters']
+    except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again')
-    return dict(epoch=checkpoint['epoch'], accuracy=(logits.argmax(1) == y).float().mean().item(),
-                history=history, logits=logits)
+    path = best_checkpoint(folder)
+    checkpoint = load_checkpoint(path, device)
+    accuracy = (predict(load_model(checkpoint, path, hyper, device), x).argmax(1) == y).float().mean().item()
+    return dict(epoch=checkpoint['epoch'], accuracy=accuracy, history=history)
 
 
 def mean_std(values, fmt):
@@ -81,22 +72,6 @@ def markdown_table(header, rows):
     return '\n'.join('| ' + ' | '.join(map(str, line)) + ' |' for line in lines)
 
 
-def summary(rows):
-    """A short results paragraph written from the numbers."""
-    acc = {name: statistics.mean(r['accuracy'] for r in results) for name, results in rows.items()}
-    best = max(acc, key=acc.get)
-    text = [f'Setting #{best} scores best on the test split ({100 * acc[best]:.2f}%).']
-    for plain, decayed, optimizer in ((1, 3, 'Adadelta'), (2, 4, 'Adam')):
-        if plain in acc and decayed in acc:
-            change = 100 * (acc[decayed] - acc[plain])
-            text.append(f'Weight decay 0.01 {"raises" if change > 0 else "lowers"} {optimizer} accuracy by '
-                        f'{abs(change):.2f} points (Setting #{plain} to #{decayed}).')
-    epochs = ', '.join(f'#{name}: {statistics.mean(r["epoch"] for r in results):.0f}' for name, results in rows.items())
-    text.append(f'Early stopping picked epochs {epochs}: a setting whose best epoch lies near the last has not '
-                'finished improving, one far before it was overfitting afterwards.')
-    return ' '.join(text)
-
-
 def plot_panels(rows, path):
     """The report's row of validation accuracy plots, one panel per setting."""
     fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
@@ -106,35 +81,31 @@ def plot_panels(rows, path):
     save_figure(fig, path)
 
 
-def plot_confusion(logits, y, title, path):
-    matrix = torch.zeros(10, 10, dtype=torch.long)
-    matrix.index_put_((y.cpu(), logits.argmax(1).cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
-    fig, ax = plt.subplots(figsize=(6, 5.4))
-    ax.imshow(matrix.clamp(max=30).numpy(), cmap='Blues')  # clamped so that the off-diagonal errors show
-    for (i, j), n in zip(torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist(), matrix.flatten().tolist()):
-        ax.text(j, i, n, ha='center', va='center', fontsize=8, color='white' if n > 20 else 'black')
-    ax.set(title=title, xlabel='predicted', ylabel='true', xticks=range(10), yticks=range(10))
-    save_figure(fig, path)
-
-
-def plot_mistakes(logits, x, y, title, path, n=24):
-    """The most confidently misclassified test images."""
-    prob, pred = logits.softmax(1).max(1)
-    wrong = (pred != y).nonzero().flatten()
-    worst = wrong[prob[wrong].argsort(descending=True)[:n]].cpu()
-    fig, axes = plt.subplots(3, 8, figsize=(10, 4.4))
-    for ax in axes.flat:
-        ax.axis('off')
-    for ax, i in zip(axes.flat, worst.tolist()):
-        ax.imshow(x[i].view(28, 28).cpu().numpy(), cmap='gray')
-        ax.set_title(f'{y[i]} as {pred[i]} ({100 * prob[i]:.0f}%)', fontsize=8)
-    fig.suptitle(f'{title}: most confident mistakes (true as predicted)')
-    save_figure(fig, path)
+def weight_decay_sweep(rows, out_dir):
+    """The sweep's plot and report section: test accuracy per optimizer and lambda, mean ± std over seeds."""
+    acc = {}  # optimizer -> {lambda: [test accuracy % of each seed]}
+    for name in (n for n in Config.groups['wd'] if n in rows):
+        h = rows[name][0]['history']['hyperparameters']
+        acc.setdefault(h['optimizer'], {})[h['weight_decay']] = [100 * r['accuracy'] for r in rows[name]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for optimizer, points in acc.items():
+        ax.errorbar(list(points), [statistics.mean(a) for a in points.values()], capsize=3, marker='o',
+                    yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in points.values()],
+                    label=optimizer + (' (decoupled decay)' if optimizer == 'AdamW' else ' (L2)'))
+    ax.set_xscale('symlog', linthresh=1e-5)  # a log axis that also shows lambda = 0
+    ax.set(title='Weight decay sweep (mean ± std over seeds)', xlabel='weight decay λ', ylabel='test accuracy (%)')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, os.path.join(out_dir, 'weight_decay.png'))
+    lambdas = sorted({lam for points in acc.values() for lam in points})
+    return ['## Weight decay sweep (test accuracy)', '',
+            markdown_table(['λ', *acc], [[f'{lam:g}', *(mean_std(p[lam], '{:.2f}%') if lam in p else '' for p in acc.values())]
+                                         for lam in lambdas]), '', '![Weight decay sweep](weight_decay.png)', '']
 
 
 def write_report(rows, out_dir):
     main_rows = {n: r for n, r in rows.items() if n in Config.groups['all']}
-    extra_rows = {n: r for n, r in rows.items() if n not in Config.groups['all']}
+    extra_rows = {n: r for n, r in rows.items() if n not in Config.groups['all'] + Config.groups['wd']}
     body = ['# MNIST 4-layer perceptron: evaluation report', '']
     if main_rows:
         body += [markdown_table(['', *COLUMNS], [[f'Setting #{n}', *table_row(r)] for n, r in main_rows.items()]),
@@ -143,10 +114,10 @@ def write_report(rows, out_dir):
         body += ['## Additional experiments', '',
                  markdown_table(['', f'Differs from Setting #{REFERENCE}', *COLUMNS],
                                 [[f'Setting #{n}', differences(r[0]['history']['hyperparameters']), *table_row(r)]
-                                 for n, r in extra_rows.items()]),
-                 '']
-    body += ['## Results', '', summary(rows), '',
-             'Accuracy is measured once on the 10,000 test images; the early stopping epoch was chosen on a '
+                                 for n, r in extra_rows.items()]), '']
+    if any(n in rows for n in Config.groups['wd']):
+        body += weight_decay_sweep(rows, out_dir)
+    body += ['Accuracy is measured once on the 10,000 test images; the early stopping epoch was chosen on a '
              'validation split of 10,000 images held out from the training images.', '']
     save_atomic(os.path.join(out_dir, 'report.md'), lambda f: f.write('\n'.join(body).encode()))
     text = io.StringIO()
@@ -156,7 +127,11 @@ def write_report(rows, out_dir):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    start_process()
+    p = argparse.ArgumentParser(description='Evaluate the best checkpoint of each trained setting on the '
+                                'MNIST test split and write report.md, report.csv and plots.')
+    add_common_args(p, required=False, setting_help='setting(s) to evaluate (default: every trained one)')
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     names = args.setting or list(Config.settings)
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
     x, y = data_load(args.data_dir, train=False)
@@ -181,18 +156,10 @@ def main(argv=None):
             rows[name] = results
     if not rows:
         fail(f'no trained setting to evaluate in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
-    try:
-        write_report(rows, args.out_dir)
-        best = max(rows, key=lambda n: max(r['accuracy'] for r in rows[n]))
-        top = max(rows[best], key=lambda r: r['accuracy'])
-        plot_confusion(top['logits'], y, f'Setting #{best}', os.path.join(args.out_dir, 'confusion_matrix.png'))
-        plot_mistakes(top['logits'], x, y, f'Setting #{best}', os.path.join(args.out_dir, 'mistakes.png'))
-    except OSError as e:
-        fail(f'cannot write {e.filename}: {e.strerror}')
-    print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv, val_accuracy.png, '
-          'confusion_matrix.png, mistakes.png)')
+    write_report(rows, args.out_dir)
+    print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the plots beside it)')
     return 1 if skipped else 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -1,26 +1,30 @@
 """MNIST 4-layer perceptron: data, model, settings, and the helpers both scripts share."""
 import argparse
+import errno
+import functools
 import glob
+import io
 import os
 import pickle
+import sys
 from functools import partial
 
 import matplotlib
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import datasets
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-matplotlib.use('Agg')  # write pictures to files, never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torchvision import datasets  # noqa: E402
-from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor  # noqa: E402
+RAW_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 
-# Weight decay shrinks the weights of always-blank border pixels into denormal floats, which slow CPU arithmetic
-# several times over: treat them as zero. Set before torch starts its worker threads, which inherit it.
-torch.set_flush_denormal(True)
 
-RAW_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-             't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+def start_process():
+    """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
+    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero."""
+    matplotlib.use('Agg')
+    torch.set_flush_denormal(True)
 
 
 def fail(message):
@@ -42,6 +46,8 @@ def read_idx(path):
 def data_load(data_dir, train=True):
     """One official split: images as floats [N, 784] in [0, 1], labels as int64 [N]."""
     raw = os.path.join(data_dir, 'MNIST', 'raw')
+    if os.path.isfile(data_dir):
+        fail(f'the data folder {data_dir} is a file, not a folder')
     first = 0 if train else 2
     images, labels = (os.path.join(raw, f) for f in RAW_FILES[first:first + 2])
     if not (os.path.isfile(images) and os.path.isfile(labels)):
@@ -65,20 +71,28 @@ def generate_batch(x, y, batch_size):
         yield x.index_select(0, idx), y.index_select(0, idx)  # 2.5x faster than x[idx] on the CPU
 
 
-class Maxout(nn.Module):
-    """Maximum over groups of `pieces` neighbouring features."""
-
-    def __init__(self, pieces=2):
-        super().__init__()
-        self.pieces = pieces
-
-    def forward(self, x):
-        return x.unflatten(-1, (-1, self.pieces)).amax(-1)
-
-
+# maxout: the larger of each pair of neighbouring features (max-pooling a [B, F] tensor pools along F)
 ACTIVATIONS = {'relu': partial(nn.ReLU, inplace=True), 'sigmoid': nn.Sigmoid, 'tanh': nn.Tanh,
-               'leaky_relu': partial(nn.LeakyReLU, 0.1), 'elu': nn.ELU, 'maxout': Maxout}
+               'leaky_relu': partial(nn.LeakyReLU, 0.1), 'elu': nn.ELU, 'maxout': partial(nn.MaxPool1d, 2)}
 INITS = {'he': partial(nn.init.kaiming_normal_, nonlinearity='relu'), 'xavier': nn.init.xavier_normal_}
+
+
+@functools.cache
+def warp_basis(device):
+    """[19, 784]: each output pixel's x, y (in [-1, 1]) and 1, then 16 smooth bumps (4x4 control points
+    upsampled bicubically) for elastic fields. A warp's sampling positions are coefficients [B, 2, k] @ basis[:k]."""
+    pos = (torch.arange(28.0, device=device) * 2 - 27) / 28  # pixel centres, as grid_sample reads them
+    up = F.interpolate(torch.eye(4, device=device)[:, None, :, None], size=(28, 1), mode='bicubic',
+                       align_corners=False)[:, 0, :, 0].T  # [28, 4]: bicubic upsampling is linear
+    bumps = torch.einsum('ia,jb->abij', up, up).reshape(16, 784)
+    return torch.cat([pos.repeat(28)[None], pos.repeat_interleave(28)[None], torch.ones(1, 784, device=device), bumps])
+
+
+def warp(x, coef):
+    """Images [B, 784] resampled bilinearly: output pixel p reads the input at coef[b] @ warp_basis[:, p]."""
+    b, k = coef.shape[0], coef.shape[2]
+    grid = (coef.reshape(2 * b, k) @ warp_basis(x.device)[:k]).view(b, 2, 784).transpose(1, 2)
+    return F.grid_sample(x.view(b, 1, 28, 28), grid.reshape(b, 28, 28, 2), align_corners=False).view(b, 784)
 
 
 def deskew(x):
@@ -94,9 +108,7 @@ def deskew(x):
     var_r = (rows * dr.square()).sum(1) / mass
     slant = torch.einsum('bij,bi,bj->b', image, dr, dc) / mass / var_r.clamp_min(1e-6)  # column shift per row
     one, zero = torch.ones_like(slant), torch.zeros_like(slant)
-    theta = torch.stack([one, slant, mean_c / 14, zero, one, mean_r / 14], 1).view(b, 2, 3)  # 14 pixels per unit
-    grid = F.affine_grid(theta, (b, 1, 28, 28), align_corners=False)
-    return F.grid_sample(image[:, None], grid, align_corners=False).view(b, -1)
+    return warp(x, torch.stack([one, slant, mean_c / 14, zero, one, mean_r / 14], 1).view(b, 2, 3))
 
 
 class MNIST_model(nn.Module):
@@ -104,7 +116,7 @@ class MNIST_model(nn.Module):
 
     def __init__(self, layers=4, width=200, activation='relu', init='he', dropout=0.0, deskew=False):
         super().__init__()
-        self.deskew = deskew
+        self.options = dict(layers=layers, width=width, activation=activation, dropout=dropout, deskew=deskew)
         pieces = 2 if activation == 'maxout' else 1
         sizes = [28 * 28] + [width] * (layers - 1)
         blocks = []
@@ -120,16 +132,32 @@ class MNIST_model(nn.Module):
                 INITS[init](layer.weight)
                 nn.init.zeros_(layer.bias)
 
+    def get_extra_state(self):  # the network's options travel in the state dict, beside the weights
+        return self.options
+
+    def set_extra_state(self, options):
+        def text(keys, values):
+            return ', '.join(f'{k}={values.get(k)!r}' for k in keys)
+        differ = [k for k in options if self.options.get(k) != options[k]]
+        if differ:
+            raise ValueError(f'the weights are of a network with {text(differ, options)}, not '
+                             f'{text(differ, self.options)}; build it as MNIST_model({text(options, options)})')
+
     def fit_input(self, x):
-        """Centre each pixel on its training mean and divide by the spread of all training pixels."""
-        if self.deskew:
-            x = torch.cat([deskew(part) for part in x.flatten(1).split(10_000)])
+        """Centre each pixel on its training mean and divide by the spread of all training pixels (x straightened)."""
         self.input_scale.copy_(1 / x.std())
         self.input_shift.copy_(-x.mean(0) * self.input_scale)
 
-    def forward(self, x):  # x: [B, 784] or [B, 1, 28, 28] in [0, 1]
-        x = deskew(x.flatten(1)) if self.deskew else x.flatten(1)
+    def straighten(self, x):
+        """The images [B, 784] as the network sees them: deskewed if the model deskews."""
+        return torch.cat([deskew(part) for part in x.split(10_000)]) if self.options['deskew'] else x
+
+    def classify(self, x):
+        """Logits of straightened images [B, 784]."""
         return self.net(torch.addcmul(self.input_shift, x, self.input_scale))
+
+    def forward(self, x):  # x: [B, 784] or [B, 1, 28, 28] in [0, 1]
+        return self.classify(self.straighten(x.flatten(1)))
 
 
 class Config:
@@ -143,10 +171,10 @@ class Config:
     split_seed = 2024  # fixes the validation split, whatever the training seed
     data_dir = 'dataset'
     out_dir = 'saved_model'
-    # Every setting is a row of `settings` on top of `base`: add a row to add an experiment.
-    # distort: strength of random affine warps of training images (1 = up to 11 degrees, 10% scale, 2 pixels
-    # shift); elastic: size in pixels of random smooth displacements; schedule 'onecycle' ramps lr up then down;
-    # deskew: the model straightens and centres every image it is given, training and test images alike.
+    # Every setting is a row of `settings` on top of `base`: add a row to add an experiment. distort: strength of
+    # random affine warps of training images (1 = up to 11 degrees, 10% scale and shear, 2 pixels shift); elastic:
+    # size in pixels of random smooth displacements; schedule 'onecycle' ramps lr up then down; deskew: the
+    # model straightens and centres every image it is given, training and test images alike.
     base = dict(batch_size=batch_size, activation='relu', layers=4, width=200, epochs=epoch, init='he',
                 optimizer='Adam', lr=lr_adam, weight_decay=0.0, dropout=0.0, distort=0.0, elastic=0.0,
                 label_smoothing=0.0, schedule=None, deskew=False)
@@ -166,10 +194,15 @@ class Config:
         12: dict(batch_size=50),
         13: dict(batch_size=1000),
         # The assignment's network trained for the best test accuracy it can reach
-        'best': dict(optimizer='AdamW', lr=3e-3, weight_decay=0.05, schedule='onecycle', epochs=500,
+        'best': dict(optimizer='AdamW', lr=3e-3, weight_decay=0.05, schedule='onecycle', epochs=200,
                      distort=1.0, elastic=1.0, label_smoothing=0.1, deskew=True),
+        # Weight-decay sweep: L2 decay in Adam and Adadelta, decoupled decay in AdamW, at Setting 1/2's rates
+        **{f'{opt}-{wd:g}': dict(optimizer=opt, lr=lr, weight_decay=wd)
+           for opt, lr in (('Adam', lr_adam), ('Adadelta', lr_adadelta), ('AdamW', lr_adam))
+           for wd in (0, 1e-5, 1e-4, 1e-3, 1e-2)},
     }
-    groups = {'all': [1, 2, 3, 4], 'extra': list(range(5, 14))}  # names for several settings at once
+    groups = {'all': [1, 2, 3, 4], 'extra': list(range(5, 14)),  # names for several settings at once
+              'wd': [name for name in settings if '-' in str(name)]}
 
 
 def setting(name):
@@ -189,48 +222,38 @@ def parse_setting(text):
 
 
 def parse_device(text):
-    """argparse type: 'auto' (CUDA when available, else CPU) or a usable torch device."""
-    if text == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    """argparse type: 'auto' (the accelerator: CUDA, MPS, XPU..., when there is one, else the CPU) or a device."""
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
     try:
-        device = torch.device(text)
+        device = accelerator or torch.device('cpu') if text == 'auto' else torch.device(text)
     except RuntimeError:
-        device = None
-    if device is None or device.type not in ('cpu', 'cuda'):
-        raise argparse.ArgumentTypeError(f'unknown device {text!r}; use auto, cpu, cuda or cuda:N')
-    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f'{text}: no usable CUDA GPU here; use --device cpu')
+        raise argparse.ArgumentTypeError(f'unknown device {text!r}; use auto, cpu, cuda, mps, xpu or cuda:N')
+    if device.type != 'cpu' and (device.type != getattr(accelerator, 'type', None)
+                                 or (device.index or 0) >= torch.accelerator.device_count()):
+        raise argparse.ArgumentTypeError(f'{text}: no such device here; use --device cpu')
     return device
 
 
 def add_common_args(parser, required, setting_help):
     parser.add_argument('--setting', type=parse_setting, required=required, help=setting_help)
     parser.add_argument('--device', type=parse_device, default='auto',
-                        help='auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)')
+                        help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, '
+                        'mps or xpu (default auto)')
     parser.add_argument('--data-dir', default=Config.data_dir,
                         help=f'folder holding MNIST/raw/ (default {Config.data_dir})')
     parser.add_argument('--out-dir', default=Config.out_dir,
                         help=f'folder of checkpoints, plots and the report (default {Config.out_dir})')
 
 
-MODEL_KEYS = ('layers', 'width', 'activation', 'init', 'dropout', 'deskew')
-
-
 def build_model(hyper):
-    return MNIST_model(**{k: hyper[k] for k in MODEL_KEYS})
+    return MNIST_model(**{k: hyper[k] for k in ('layers', 'width', 'activation', 'init', 'dropout', 'deskew')})
 
 
 @torch.no_grad()
-def predict(model, x, batch_size=10_000):
-    """Logits for every image, in eval mode."""
+def predict(model, x, straightened=False, batch_size=10_000):
+    """Logits for every image, in eval mode; straightened images skip the model's deskewing."""
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def evaluate(model, x, y):
-    """Mean cross-entropy loss and accuracy (fraction) on a whole split."""
-    logits = predict(model, x)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+    return torch.cat([(model.classify if straightened else model)(part) for part in x.split(batch_size)])
 
 
 def run_dir(out_dir, name, seed=None):
@@ -246,14 +269,18 @@ def best_checkpoint(folder):
 
 
 def save_atomic(path, write):
-    """Write a file so that it is either complete or not there: temp file, fsync, rename."""
-    tmp = f'{path}.tmp'
+    """Write a file so that it is either complete or as it was: write(buffer) in memory, then a temp file, fsync,
+    rename. An OSError (a full disk, say) names the file."""
+    buffer, tmp = io.BytesIO(), f'{path}.{os.getpid()}.tmp'
+    write(buffer)
     try:
         with open(tmp, 'wb') as f:
-            write(f)
+            f.write(buffer.getvalue())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -262,6 +289,25 @@ def save_atomic(path, write):
 def save_figure(fig, path):
     save_atomic(path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'))
     plt.close(fig)
+
+
+def run_script(main):
+    """Run a script's main(): quiet when the reader of its output goes away (| head), 130 on Ctrl-C, and one
+    sentence for a failed write."""
+    try:
+        code = main()
+        sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 1
+    except KeyboardInterrupt:
+        print('\nInterrupted.', file=sys.stderr)
+        return 130
+    except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
+        full = e.errno in (errno.ENOSPC, errno.EFBIG)
+        fail(f'cannot write {e.filename}: ' + ('the disk is full; free some space, then run again (training '
+                                               'with --resume continues after its last saved epoch)' if full else e.strerror))
 
 
 def load_checkpoint(path, device='cpu'):
@@ -277,11 +323,13 @@ def load_checkpoint(path, device='cpu'):
     return checkpoint
 
 
-def load_model(checkpoint, path, device='cpu'):
-    """Rebuild the network a checkpoint was trained with and load its weights."""
-    model = build_model({**Config.base, **checkpoint.get('hyperparameters', {})}).to(device)
+def load_model(checkpoint, path, hyper, device='cpu'):
+    """The network of a run's hyperparameters with the weights of its checkpoint; ValueError says what is wrong."""
+    model = build_model({**Config.base, **hyper}).to(device)
     try:
         model.load_state_dict(checkpoint['model_state_dict'])
+    except ValueError as e:  # the checkpoint's network differs from the run's
+        raise ValueError(f'{path} does not fit its run: {e}')
     except (RuntimeError, KeyError, TypeError):
         raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)')
     return model

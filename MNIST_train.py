@@ -8,7 +8,9 @@ import functools
 import glob
 import json
 import math
+import multiprocessing
 import os
+import signal
 import sys
 import time
 
@@ -16,12 +18,16 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from MNIST_model import (Config, add_common_args, best_checkpoint, build_model, data_load, evaluate, fail,
-                         generate_batch, load_checkpoint, plot_val_accuracy, run_dir, save_atomic, save_figure,
-                         setting)
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+from MNIST_model import (Config, add_common_args, best_checkpoint, build_model, data_load, fail, generate_batch,
+                         load_checkpoint, plot_val_accuracy, predict, run_dir, run_script, save_atomic, save_figure,
+                         setting, start_process, warp)
 
 OPTIMIZERS = {'Adadelta': torch.optim.Adadelta, 'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW}
-FUSED = ('Adam', 'AdamW')  # these have one-kernel update steps on CPU and GPU
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
 
 
@@ -38,7 +44,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description='Train settings of the MNIST 4-layer perceptron; '
                                 'each setting is a row of Config.settings in MNIST_model.py.')
     add_common_args(p, required=True, setting_help="setting to train: a row of Config.settings (1-4 are the "
-                    "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4 or 'extra' for 5-13")
+                    "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4, 'extra' for 5-13, 'wd' for the weight-decay sweep")
     p.add_argument('--epochs', type=count(1), help="epochs to train (default: the setting's, 100)")
     p.add_argument('--seed', type=count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
     p.add_argument('--seeds', type=count(1), metavar='K',
@@ -46,6 +52,8 @@ def parse_args(argv):
     again = p.add_mutually_exclusive_group()
     again.add_argument('--resume', action='store_true', help='continue after the last finished epoch')
     again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
+    p.add_argument('--jobs', type=count(1), default=1, metavar='N',
+                   help='train N runs (settings x seeds) at once in worker processes, sharing the cores (default 1)')
     return p.parse_args(argv)
 
 
@@ -57,26 +65,13 @@ def split_indices(n):
 
 
 def make_optimizer(model, hyper, steps_per_epoch):
-    """The setting's optimizer (fused where it can be, else graph-capturable on a GPU) and lr schedule."""
-    device = next(model.parameters()).device
-    fast = {'capturable': device.type == 'cuda'}  # a GPU step is recorded as a CUDA graph
-    if hyper['optimizer'] in FUSED:
-        fast['fused'] = True
-    # a tensor learning rate when it is scheduled, so that a CUDA graph sees the changes
-    lr = torch.tensor(hyper['lr'], device=device) if hyper['schedule'] else hyper['lr']
-    optimizer = OPTIMIZERS[hyper['optimizer']](model.parameters(), lr=lr, weight_decay=hyper['weight_decay'], **fast)
-    scheduler = None
+    """The setting's optimizer, with its one-kernel update where there is one, and its lr schedule."""
+    fused = hyper['optimizer'] != 'Adadelta' and next(model.parameters()).device.type in ('cpu', 'cuda')
+    optimizer = OPTIMIZERS[hyper['optimizer']](model.parameters(), lr=hyper['lr'], weight_decay=hyper['weight_decay'],
+                                               **({'fused': True} if fused else {}))
     if hyper['schedule'] == 'onecycle':
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, hyper['lr'],
-                                                        total_steps=hyper['epochs'] * steps_per_epoch)
-    return optimizer, scheduler
-
-
-@functools.cache
-def bicubic_matrix(device):
-    """M [28, 4]: bicubic upsampling from 4 to 28 points is linear, so a 4x4 field upsamples as M @ field @ M.T."""
-    return F.interpolate(torch.eye(4, device=device)[:, None, :, None], size=(28, 1), mode='bicubic',
-                         align_corners=False)[:, 0, :, 0].T
+        return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, hyper['lr'], hyper['epochs'] * steps_per_epoch)
+    return optimizer, None
 
 
 def distort(x, hyper):
@@ -86,53 +81,24 @@ def distort(x, hyper):
         return (torch.rand(b, device=device) * 2 - 1) * size * hyper['distort']
     angle, scale, shear = uniform(0.2), 1 + uniform(0.1), uniform(0.1)
     cos, sin = angle.cos() * scale, angle.sin() * scale
-    theta = torch.stack([cos, shear - sin, uniform(0.15), sin, cos, uniform(0.15)], 1).view(b, 2, 3)
-    grid = F.affine_grid(theta, (b, 1, 28, 28), align_corners=False)
+    shift = 0 if hyper['deskew'] else 0.15  # deskewing centres every image: shifting would only add noise
+    coef = torch.stack([cos, shear - sin, uniform(shift), sin, cos, uniform(shift)], 1).view(b, 2, 3)
     if hyper['elastic']:  # a smooth random displacement field, in pixels (2 / 28 grid units per pixel)
-        field = torch.randn(b, 2, 4, 4, device=device) * (hyper['elastic'] * 2 / 28)
-        up = bicubic_matrix(device)
-        grid = grid + (up @ field @ up.T).permute(0, 2, 3, 1)
-    return F.grid_sample(x.view(b, 1, 28, 28), grid, align_corners=False).view(b, -1)
+        coef = torch.cat([coef, torch.randn(b, 2, 16, device=device) * (hyper['elastic'] * 2 / 28)], 2)
+    return warp(x, coef)
 
 
-def make_step(model, optimizer, hyper, warmup=3):
-    """One optimisation step on a mini-batch; returns the batch's loss.
-
-    On a GPU, after `warmup` ordinary steps the step is recorded once as a CUDA graph and then replayed:
-    one launch per step instead of dozens. A batch of another size runs as an ordinary step.
-    """
+def make_step(model, optimizer, hyper):
+    """One optimisation step on a mini-batch (warped first if the setting says so); returns the batch's loss."""
     def step(xb, yb):
         if hyper['distort'] or hyper['elastic']:
             xb = distort(xb, hyper)
-        loss = F.cross_entropy(model(xb), yb, label_smoothing=hyper['label_smoothing'])
+        loss = F.cross_entropy(model.classify(xb), yb, label_smoothing=hyper['label_smoothing'])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach()
-
-    if not next(model.parameters()).is_cuda:
-        return step
-    graph, static, calls = torch.cuda.CUDAGraph(), [], 0
-
-    def graph_step(xb, yb):
-        nonlocal calls
-        calls += 1
-        if calls <= warmup or (static and len(xb) != len(static[0])):
-            side = torch.cuda.Stream()  # warm-up off the default stream, as graph capture requires
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                loss = step(xb, yb)
-            torch.cuda.current_stream().wait_stream(side)
-            return loss
-        if not static:
-            static.extend([xb.clone(), yb.clone()])
-            with torch.cuda.graph(graph):
-                static.append(step(*static[:2]))
-        static[0].copy_(xb)
-        static[1].copy_(yb)
-        graph.replay()
-        return static[2].clone()
-    return graph_step
+    return step
 
 
 def train(model, step, x, y, batch_size, scheduler=None):
@@ -146,28 +112,28 @@ def train(model, step, x, y, batch_size, scheduler=None):
     return torch.stack(losses).mean().item()
 
 
-def save_samples(x, y, path):
-    """A few training images with their labels, like the skeleton's imshow."""
-    fig, axes = plt.subplots(2, 8, figsize=(8, 2.4))
-    for ax, image, label in zip(axes.flat, x, y):
-        ax.imshow(image.view(28, 28).cpu().numpy(), cmap='gray')
-        ax.set_title(int(label))
-        ax.axis('off')
-    save_figure(fig, path)
-
-
 def start_run(folder, args):
-    """Check and prepare a run's folder: refuse to overwrite results unless told to resume or start over."""
+    """Lock and check a run's folder: one run writes it at a time, and results are only overwritten when asked.
+    Returns the lock, which the operating system releases when this process ends, however it ends."""
     try:
         os.makedirs(folder, exist_ok=True)
+        lock = open(os.path.join(folder, '.lock'), 'w')
     except OSError as e:
         fail(f'cannot create the output folder {folder}: {e.strerror}')
+    if fcntl:  # no lock on Windows
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fail(f'another run is writing {folder}; wait until it ends or stop it')
+    for tmp in glob.glob(os.path.join(folder, '*.tmp')):  # left by a run that was killed while writing
+        os.remove(tmp)
     old = [p for pattern in RESULTS for p in glob.glob(os.path.join(folder, pattern))]
     if args.force:
         for p in old:
             os.remove(p)
     elif old and not args.resume:
         fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
+    return lock
 
 
 def run_identity(history):
@@ -215,15 +181,24 @@ def save_epoch(folder, model, optimizer, scheduler, history, improved):
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
-def train_setting(name, seed, folder, data, args):
+@functools.cache
+def training_data(data_dir, device):
+    """The training and validation splits as tensors on the device, read once per process."""
+    x, y = data_load(data_dir, train=True)  # the test split is read by evaluation only
+    return [(x[i].to(device), y[i].to(device)) for i in split_indices(len(x))]
+
+
+def train_setting(name, seed, folder, args):
     """Train one setting with one seed; returns False if training diverged."""
-    (x_train, y_train), (x_val, y_val) = data
+    (x_train, y_train), (x_val, y_val) = training_data(args.data_dir, args.device)
     hyper = {**setting(name), **({'epochs': args.epochs} if args.epochs else {})}
     torch.manual_seed(seed)
     model = build_model(hyper).to(args.device)
+    x_train, x_val = model.straighten(x_train), model.straighten(x_val)  # deskewed once per run, if at all
     model.fit_input(x_train)
     optimizer, scheduler = make_optimizer(model, hyper, math.ceil(len(x_train) / hyper['batch_size']))
-    history = dict(setting=str(name), hyperparameters=hyper, seed=seed, device=str(args.device), epochs=[],
+    history = dict(setting=str(name), hyperparameters=hyper, seed=seed, device=str(args.device),
+                   threads=torch.get_num_threads(), epochs=[],
                    best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
     if args.resume:
         history = resume(folder, model, optimizer, scheduler, history)
@@ -232,7 +207,8 @@ def train_setting(name, seed, folder, data, args):
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):
         start = time.perf_counter()
         train_loss = train(model, step, x_train, y_train, hyper['batch_size'], scheduler)
-        val_loss, val_acc = evaluate(model, x_val, y_val)
+        logits = predict(model, x_val, straightened=True)
+        val_loss, val_acc = F.cross_entropy(logits, y_val).item(), (logits.argmax(1) == y_val).float().mean().item()
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             print(f'{label}: training diverged at epoch {epoch} (loss {train_loss}); stopped, '
@@ -256,31 +232,55 @@ def train_setting(name, seed, folder, data, args):
     return True
 
 
+def start_worker(threads):
+    start_process()
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops every worker
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
+
+
+def train_job(task):
+    """train_setting in a worker process; a refusal comes back as its message instead of ending the worker."""
+    try:
+        return train_setting(*task)
+    except SystemExit as e:
+        return str(e.code)
+
+
+def train_runs(runs, args):
+    """Train the runs one after another, or in args.jobs worker processes; True if none diverged."""
+    jobs = min(args.jobs, len(runs))
+    if jobs == 1:
+        return all([train_setting(*run, args) for run in runs])
+    threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
+    pool = multiprocessing.get_context('spawn').Pool(jobs, start_worker, (threads,))
+    with pool:  # leaving the block, by an error or Ctrl-C too, stops every worker
+        results = list(pool.imap_unordered(train_job, [(*run, args) for run in runs]))
+    for message in (r for r in results if isinstance(r, str)):
+        print(message, file=sys.stderr)
+    return all(r is True for r in results)
+
+
 def main(argv=None):
+    start_process()
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     seeds = range(args.seeds) if args.seeds else [args.seed]
     runs = [(name, seed, run_dir(args.out_dir, name, seed if args.seeds else None))
             for name in args.setting for seed in seeds]
-    for name, seed, folder in runs:
-        start_run(folder, args)
-    x, y = data_load(args.data_dir, train=True)  # the test split is read by evaluation only
-    train_idx, val_idx = split_indices(len(x))
-    data = [(x[i].to(args.device), y[i].to(args.device)) for i in (train_idx, val_idx)]
-    ok = True
+    locks = [start_run(folder, args) for name, seed, folder in runs]
     try:
-        save_samples(x, y, os.path.join(args.out_dir, 'samples.png'))
-        for name, seed, folder in runs:
-            ok &= train_setting(name, seed, folder, data, args)
+        training_data(args.data_dir, args.device)  # any fault with the data shows here, before the workers start
+        return 0 if train_runs(runs, args) else 1
     except KeyboardInterrupt:
         again = ' '.join(a for a in argv if a != '--force') + ('' if args.resume else ' --resume')
         print(f'\nInterrupted; finished epochs are saved. Continue with: python MNIST_train.py {again}',
               file=sys.stderr)
         return 130
-    except OSError as e:
-        fail(f'cannot write {e.filename}: {e.strerror}')
-    return 0 if ok else 1
+    finally:
+        for lock in locks:
+            lock.close()
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_script(main))

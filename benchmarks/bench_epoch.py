@@ -1,7 +1,7 @@
 """Seconds per training epoch (50,000 images at batch 200, plus the 10,000-image validation pass), three ways:
 
   skeleton  the assignment skeleton's pipeline: datasets.MNIST + ToTensor + DataLoader
-  project   this project's epoch: MNIST_train.train() and MNIST_model.evaluate(), the code MNIST_train.py runs
+  project   this project's epoch: MNIST_train.train() and MNIST_model.predict(), the code MNIST_train.py runs
   by hand   the same arithmetic written out: no autograd, no nn.Module, one fused Adam over one flat weight vector
   floor     only the matrix products of that epoch (forward and backward at batch 200, validation forward)
 
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from MNIST_model import Config, MNIST_model, data_load, evaluate, generate_batch, parse_device, setting  # noqa: E402
+from MNIST_model import Config, MNIST_model, data_load, generate_batch, parse_device, predict, setting  # noqa: E402
 from MNIST_train import make_optimizer, make_step, split_indices, train  # noqa: E402
 from tests.idx import write_mnist  # noqa: E402
 
@@ -78,7 +78,7 @@ def project_epoch(x_train, y_train, x_val, y_val):
 
     def epoch():
         train(model, step, x_train, y_train, Config.batch_size)
-        evaluate(model, x_val, y_val)
+        predict(model, x_val)
     return epoch
 
 

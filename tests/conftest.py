@@ -17,19 +17,28 @@ def data_dir(tmp_path):
 
 
 @pytest.fixture
+def big_data(tmp_path):
+    """Enough synthetic images that an epoch takes a noticeable fraction of a second."""
+    write_mnist(tmp_path / 'big' / 'MNIST' / 'raw', n_train=30_000, n_test=100)
+    return tmp_path / 'big'
+
+
+@pytest.fixture
 def cli(tmp_path, data_dir):
     """Run one of the scripts as a user would, on the synthetic data, writing into tmp_path/out."""
     def run(script, *args, data=data_dir, out=tmp_path / 'out', timeout=300, **kwargs):
         cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, **kwargs)
+        return subprocess.run(cmd, text=True, timeout=timeout, cwd=tmp_path, **{'capture_output': True, **kwargs})
     return run
 
 
 @pytest.fixture
 def harness(tmp_path, data_dir):
-    """Run MNIST_train.main or MNIST_evaluation.main in a subprocess after `setup` code (to inject a fault)."""
+    """Run MNIST_train.py or MNIST_evaluation.py as their command line does, in a subprocess, after `setup` code
+    (to inject a fault)."""
     def run(script, setup, *args, data=data_dir, out=tmp_path / 'out', **kwargs):
-        code = f'import sys\n{setup}\nimport {script}\nsys.exit({script}.main(sys.argv[1:]))'
+        code = (f'import sys\n{setup}\nimport {script}, MNIST_model\n'
+                f'sys.exit(MNIST_model.run_script(lambda: {script}.main(sys.argv[1:])))')
         cmd = [sys.executable, '-c', code, *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
         env = {**os.environ, 'PYTHONPATH': ROOT}
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, **kwargs)

@@ -1,10 +1,14 @@
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from MNIST_model import ACTIVATIONS, Config, MNIST_model, deskew, setting
+from MNIST_model import ACTIVATIONS, Config, MNIST_model, deskew, setting, warp
+from tests.conftest import ROOT
 
 
 def test_default_model_is_the_assignments():
@@ -97,6 +101,32 @@ def test_deskew_stands_a_slanted_stroke_upright_in_the_centre():
     assert centres.max() - centres.min() < 1.5  # upright: every row's ink in the same column, within a pixel
     assert abs(centres.mean() - 13.5) < 1 and abs(straight.sum() - image.sum()) < 0.5
     assert not deskew(torch.zeros(2, 784)).any()  # a blank image stays blank, no NaN
-    model = MNIST_model(deskew=True)
-    model.fit_input(image.view(1, 784).repeat(2, 1))
-    assert torch.allclose(model.input_shift, -straight.flatten() * model.input_scale)  # fitted on deskewed images
+    assert torch.equal(MNIST_model(deskew=True).straighten(image.view(1, 784)), straight.view(1, 784))
+    assert torch.equal(MNIST_model().straighten(image.view(1, 784)), image.view(1, 784))
+
+
+def test_warp_is_the_affine_grid_sampling_it_replaces():
+    """warp() computes positions as one matrix product; the old code built them with F.affine_grid."""
+    x = torch.rand(6, 784)
+    theta = torch.eye(2, 3) + 0.2 * torch.randn(6, 2, 3)
+    grid = F.affine_grid(theta, (6, 1, 28, 28), align_corners=False)
+    expected = F.grid_sample(x.view(6, 1, 28, 28), grid, align_corners=False).view(6, 784)
+    assert torch.allclose(warp(x, theta), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('option', [dict(activation='tanh'), dict(deskew=True), dict(dropout=0.1),
+                                    dict(activation='maxout'), dict(width=100)])
+def test_weights_refuse_a_network_built_with_other_options(option):
+    """The skeleton's MNIST_model().load_state_dict(...) names the option that differs instead of going wrong."""
+    state = MNIST_model(**option).state_dict()
+    (key, value), = option.items()
+    with pytest.raises(ValueError, match=f"{key}={value!r}.*build it as MNIST_model\\(.*{key}={value!r}"):
+        MNIST_model().load_state_dict(state)
+    MNIST_model(**option).load_state_dict(state)  # the right network loads them
+
+
+def test_importing_the_model_changes_nothing_process_wide():
+    code = ('import matplotlib, torch; matplotlib.use("svg"); import MNIST_model; '
+            'print(matplotlib.get_backend(), (torch.tensor([1e-39]) * 1.0).item() > 0)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.split() == ['svg', 'True']  # the backend the user chose, and denormals not flushed

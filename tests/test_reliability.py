@@ -12,7 +12,7 @@ import torch
 import MNIST_train
 from MNIST_model import RAW_FILES
 from tests.conftest import ROOT
-from tests.idx import write_idx, write_mnist
+from tests.idx import write_idx
 
 
 def history_without_times(out, name='2'):
@@ -27,7 +27,7 @@ def best_state(out, name='2'):
 
 def assert_same_state(a, b):
     assert a[0] == b[0] and a[1].keys() == b[1].keys()
-    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    assert all(torch.equal(a[1][k], b[1][k]) if torch.is_tensor(a[1][k]) else a[1][k] == b[1][k] for k in a[1])
 
 
 def assert_clean_error(result, *phrases):
@@ -35,13 +35,6 @@ def assert_clean_error(result, *phrases):
     assert 'Traceback' not in result.stderr, result.stderr
     for phrase in phrases:
         assert phrase in result.stderr, result.stderr
-
-
-@pytest.fixture
-def big_data(tmp_path):
-    """Enough synthetic images that an epoch takes a noticeable fraction of a second."""
-    write_mnist(tmp_path / 'big' / 'MNIST' / 'raw', n_train=30_000, n_test=100)
-    return tmp_path / 'big'
 
 
 def reference_run(data, out):
@@ -134,6 +127,8 @@ def test_existing_results_are_not_overwritten(cli, tmp_path):
     (['--setting', '1', '--epochs', '0'], "'0' is not a whole number of at least 1"),
     (['--setting', '1', '--epochs', 'ten'], "'ten' is not a whole number"),
     (['--setting', '1', '--seed', '-1'], "'-1' is not a whole number of at least 0"),
+    (['--setting', '1', '--seeds', '0'], "'0' is not a whole number of at least 1"),
+    (['--setting', '1', '--jobs', '0'], "'0' is not a whole number of at least 1"),
     (['--setting', '1', '--device', 'tpu'], "unknown device 'tpu'"),
     (['--epochs', '3'], 'required: --setting'),
 ])
@@ -144,8 +139,8 @@ def test_bad_arguments(cli, tmp_path, args, phrase):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
 def test_cuda_without_a_gpu(cli):
-    assert_clean_error(cli('MNIST_train.py', '--setting', '1', '--device', 'cuda'), 'no usable CUDA GPU')
-    assert_clean_error(cli('MNIST_evaluation.py', '--device', 'cuda'), 'no usable CUDA GPU')
+    assert_clean_error(cli('MNIST_train.py', '--setting', '1', '--device', 'cuda'), 'no such device here')
+    assert_clean_error(cli('MNIST_evaluation.py', '--device', 'cuda'), 'no such device here')
 
 
 def test_missing_dataset_offline(cli, tmp_path):
@@ -186,7 +181,8 @@ def damage_checkpoint(path, kind):
     elif kind == 'foreign keys':
         torch.save({'weights': good['model_state_dict']}, path)
     elif kind == 'wrong shapes':
-        torch.save({**good, 'model_state_dict': {k: v[..., :3] if v.dim() else v for k, v in good['model_state_dict'].items()}}, path)
+        torch.save({**good, 'model_state_dict': {k: v[..., :3] if torch.is_tensor(v) and v.dim() else v
+                                                 for k, v in good['model_state_dict'].items()}}, path)
     else:
         path.write_bytes(pickle.dumps({'epoch': 1, 'model_state_dict': Exploit()}))
 
@@ -281,3 +277,82 @@ def test_resume_with_schedule_and_distortions(harness, tmp_path):
     assert harness('MNIST_train', '', *args, '--resume').returncode == 0
     assert history_without_times(tmp_path / 'out', 'best') == history_without_times(tmp_path / 'ref', 'best')
     assert_same_state(best_state(tmp_path / 'out', 'best'), best_state(tmp_path / 'ref', 'best'))
+
+
+FILE_SIZE_LIMIT = '''
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+'''
+
+
+def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(harness, data_dir, tmp_path):
+    args = ('--setting', '2', '--epochs', '4', '--device', 'cpu')
+    assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
+    folder = tmp_path / 'out' / 'setting_2'
+    limit = (tmp_path / 'ref' / 'setting_2' / 'last.pth').stat().st_size - 1  # the final state no longer fits
+    code = FILE_SIZE_LIMIT.format(limit=limit)
+    full = harness('MNIST_train', code, *args)
+    assert_clean_error(full, f'cannot write {folder / "last.pth"}: the disk is full', '--resume')
+    assert full.stderr.count('\n') == 1  # one sentence
+    state = torch.load(folder / 'last.pth', weights_only=True)  # the previous state, whole
+    assert 1 <= state['epoch'] < 4 and not glob.glob(str(folder / '*.tmp'))
+    assert json.loads((folder / 'history.json').read_text())['epochs'][-1]['epoch'] == state['epoch']
+    assert harness('MNIST_train', '', *args, '--resume').returncode == 0  # space freed: continue
+    assert history_without_times(tmp_path / 'out') == history_without_times(tmp_path / 'ref')
+    assert_same_state(best_state(tmp_path / 'out'), best_state(tmp_path / 'ref'))
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_data, tmp_path, cli):
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', '2', '--epochs', '1000',
+           '--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'out')]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    assert 'epoch   1/1000' in first.stdout.readline()  # the first run is writing
+    for extra in ([], ['--resume'], ['--force']):
+        second = cli('MNIST_train.py', '--setting', '2', '--epochs', '2', *extra, data=big_data)
+        assert_clean_error(second, f'another run is writing {tmp_path / "out" / "setting_2"}')
+    assert first.poll() is None  # still training, undisturbed
+    first.kill()
+    first.communicate()
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force', data=big_data).returncode == 0  # no stale lock
+
+
+def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(cli, tmp_path):
+    for name in ('1', '2', '5'):
+        assert cli('MNIST_train.py', '--setting', name, '--epochs', '1').returncode == 0
+    out = tmp_path / 'out'
+    (path,), (sigmoid,) = (out / 'setting_1').glob('epoch_*.pth'), (out / 'setting_5').glob('epoch_*.pth')
+    path.write_bytes(sigmoid.read_bytes())  # Setting 5's sigmoid network, copied in as Setting 1's
+    (out / 'setting_5' / 'history.json').write_text('{"epochs": [')
+    result = cli('MNIST_evaluation.py')
+    assert_clean_error(result, f'Setting 1: skipped: {path} does not fit its run', "activation='sigmoid'",
+                       'history.json is missing or damaged')
+    assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
+
+
+def test_closed_output_pipe_ends_quietly(cli, tmp_path):
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone, as after `| head -1`
+    result = cli('MNIST_evaluation.py', stdout=write, capture_output=False, stderr=subprocess.PIPE)
+    os.close(write)
+    assert result.returncode == 1 and result.stderr == ''  # no BrokenPipeError traceback
+
+
+CTRL_C_IN_EVALUATION = '''
+import os, signal, MNIST_evaluation
+def data_load(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, while the test split is read
+MNIST_evaluation.data_load = data_load
+'''
+
+
+def test_ctrl_c_in_evaluation(harness):
+    result = harness('MNIST_evaluation', CTRL_C_IN_EVALUATION)
+    assert result.returncode == 130 and result.stderr.strip() == 'Interrupted.'
+
+
+def test_data_dir_naming_a_file(cli, tmp_path):
+    (tmp_path / 'file').write_text('x')
+    assert_clean_error(cli('MNIST_train.py', '--setting', '1', data=tmp_path / 'file'), 'is a file, not a folder')

@@ -23,7 +23,7 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
     best = max(history['epochs'], key=lambda e: e['val_accuracy'])
     assert history['best_epoch'] == best['epoch'] and history['best_val_accuracy'] == best['val_accuracy']
     assert [p.name for p in folder.glob('epoch_*.pth')] == [f'epoch_{best["epoch"]}.pth']  # only the best is kept
-    assert (folder / 'val_accuracy.png').stat().st_size > 0 and (tmp_path / 'out' / 'samples.png').exists()
+    assert (folder / 'val_accuracy.png').stat().st_size > 0
 
     evaluated = cli('MNIST_evaluation.py')
     assert evaluated.returncode == 0, evaluated.stderr
@@ -41,8 +41,7 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
     with open(tmp_path / 'out' / 'report.csv') as f:
         table = list(csv.reader(f))
     assert table[0] == ['Setting', *COLUMNS] and table[1][1:] == cells[1:]
-    for picture in ('val_accuracy.png', 'confusion_matrix.png', 'mistakes.png'):
-        assert (tmp_path / 'out' / picture).stat().st_size > 0
+    assert (tmp_path / 'out' / 'val_accuracy.png').stat().st_size > 0
 
 
 def test_checkpoint_loads_the_skeleton_way(cli, tmp_path, data_dir):
@@ -145,9 +144,9 @@ def test_fast_path_matches_a_plain_loop():
 def test_distortions_are_the_warps_they_claim():
     """No strength leaves the images alone; the elastic field is bicubic upsampling, done as matrix products."""
     x = synthetic_digits(8, seed=0)[0].flatten(1) / 255
-    assert torch.allclose(distort(x, dict(distort=0.0, elastic=0.0)), x, atol=1e-5)
+    assert torch.allclose(distort(x, dict(distort=0.0, elastic=0.0, deskew=False)), x, atol=1e-5)
     torch.manual_seed(0)
-    warped = distort(x, dict(distort=0.0, elastic=1.0))
+    warped = distort(x, dict(distort=0.0, elastic=1.0, deskew=False))
     torch.manual_seed(0)
     torch.rand(5, len(x))  # the five affine draws
     field = torch.randn(len(x), 2, 4, 4) * (2 / 28)

@@ -1,0 +1,99 @@
+"""Many runs at once: worker processes, the weight-decay sweep, device choice, results merged from many processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from MNIST_model import Config, parse_device, setting
+from tests.conftest import ROOT
+from tests.test_reliability import history_without_times
+
+
+def test_jobs_train_every_run_with_their_share_of_the_cores(cli, tmp_path):
+    result = cli('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2', '--jobs', '2', '--device', 'cpu')
+    assert result.returncode == 0, result.stderr
+    for seed in (0, 1):
+        assert f'Setting 2 seed {seed} | epoch   2/2' in result.stdout
+        history = json.loads((tmp_path / 'out' / 'setting_2' / f'seed_{seed}' / 'history.json').read_text())
+        assert history['seed'] == seed and history['threads'] == max(1, torch.get_num_threads() // 2)
+    sequential = cli('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2', '--device', 'cpu',
+                     out=tmp_path / 'seq')
+    assert sequential.returncode == 0
+    assert json.loads((tmp_path / 'seq' / 'setting_2' / 'seed_0' / 'history.json').read_text())['threads'] == \
+        torch.get_num_threads()  # one run at a time uses every core
+    for seed in (0, 1):  # the same runs, up to the order of floating-point sums
+        parallel, alone = (history_without_times(tmp_path / out, f'2/seed_{seed}') for out in ('out', 'seq'))
+        assert [e['train_loss'] for e in parallel] == pytest.approx([e['train_loss'] for e in alone], rel=1e-4)
+
+
+def test_ctrl_c_stops_every_job_keeps_their_epochs_and_prints_one_resume_command(big_data, tmp_path, cli):
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', '2', '--seeds', '2', '--epochs', '1000',
+           '--jobs', '2', '--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'out')]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    started = set()
+    for line in proc.stdout:
+        started.add(line.split(' |')[0])
+        if len(started) == 2:  # both workers have finished an epoch
+            break
+    workers = [pid for pid in os.listdir('/proc') if pid.isdigit() and 'spawn_main' in read(f'/proc/{pid}/cmdline')
+               and read(f'/proc/{pid}/stat').rsplit(')', 1)[1].split()[1] == str(proc.pid)]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and 'Traceback' not in err, err
+    assert err.count('Continue with:') == 1
+    assert err.strip().endswith(f'Continue with: python MNIST_train.py {" ".join(cmd[2:])} --resume')
+    assert not any(os.path.exists(f'/proc/{pid}') for pid in workers)  # every worker stopped
+    done = []
+    for seed in (0, 1):  # everything finished is kept
+        folder = tmp_path / 'out' / 'setting_2' / f'seed_{seed}'
+        done.append(len(json.loads((folder / 'history.json').read_text())['epochs']))
+        assert done[-1] >= 1 and torch.load(folder / 'last.pth', weights_only=True)['epoch'] == done[-1]
+    resumed = cli('MNIST_train.py', *cmd[2:6], '--epochs', max(done) + 1, *cmd[8:12], '--resume', data=big_data)
+    assert resumed.returncode == 0, resumed.stderr
+    for seed in (0, 1):
+        assert len(history_without_times(tmp_path / 'out', f'2/seed_{seed}')) == max(done) + 1
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:  # the process ended meanwhile
+        return ''
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason='this machine has an accelerator')
+def test_device_auto_is_the_cpu_without_an_accelerator():
+    assert parse_device('auto') == torch.device('cpu')
+
+
+def test_weight_decay_sweep_rows():
+    rows = {name: setting(name) for name in Config.groups['wd']}
+    assert len(rows) == 15 and len({(h['optimizer'], h['weight_decay']) for h in rows.values()}) == 15
+    rates = {'Adam': 1e-4, 'Adadelta': 0.1, 'AdamW': 1e-4}
+    for h in rows.values():
+        assert h['weight_decay'] in (0, 1e-5, 1e-4, 1e-3, 1e-2) and h['lr'] == rates[h['optimizer']]
+        assert h['epochs'] == 100 and h['batch_size'] == 200
+
+
+def test_sweep_report_and_plot_merge_runs_written_by_separate_processes(tmp_path, data_dir, cli):
+    """Three processes, as three tasks of a cluster job array, write into one output folder at the same time."""
+    names = ['Adam-0', 'Adam-0.01', 'AdamW-0.01']
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', name, '--seeds', '2',
+                               '--epochs', '1', '--device', 'cpu', '--data-dir', str(data_dir),
+                               '--out-dir', str(tmp_path / 'out')], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name in names]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    result = cli('MNIST_evaluation.py')
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / 'out' / 'report.md').read_text()
+    sweep = report.split('## Weight decay sweep')[1]
+    assert '| λ | Adam | AdamW |' in sweep and '| 0.01 |' in sweep and '±' in sweep
+    assert (tmp_path / 'out' / 'weight_decay.png').stat().st_size > 0
+    assert all(f'Setting {name} seed {s}: accuracy' in result.stdout for name in names for s in (0, 1))
