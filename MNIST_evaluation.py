@@ -15,7 +15,8 @@ import sys
 import matplotlib.pyplot as plt
 
 from MNIST_model import (Config, add_common_args, best_checkpoint, data_load, fail, load_checkpoint, load_model,
-                         plot_val_accuracy, predict, run_dir, run_script, save_atomic, save_figure, setting, start_process)
+                         plot_val_accuracy, predict, run_dir, run_script, save_atomic, save_figure, setting,
+                         start_process)
 
 COLUMNS = ('Batch_size', 'Activation function', '# of layers', 'Layer size', 'Epoch', 'Weight initialization',
            'Optimizer', 'Learning rate', 'Weight decay', '100 epoch training time', 'Early stopping epoch',
@@ -97,10 +98,10 @@ def weight_decay_sweep(rows, out_dir):
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, os.path.join(out_dir, 'weight_decay.png'))
-    lambdas = sorted({lam for points in acc.values() for lam in points})
-    return ['## Weight decay sweep (test accuracy)', '',
-            markdown_table(['λ', *acc], [[f'{lam:g}', *(mean_std(p[lam], '{:.2f}%') if lam in p else '' for p in acc.values())]
-                                         for lam in lambdas]), '', '![Weight decay sweep](weight_decay.png)', '']
+    table = [[f'{lam:g}', *(mean_std(p[lam], '{:.2f}%') if lam in p else '' for p in acc.values())]
+             for lam in sorted({lam for points in acc.values() for lam in points})]
+    return ['## Weight decay sweep (test accuracy)', '', markdown_table(['λ', *acc], table), '',
+            '![Weight decay sweep](weight_decay.png)', '']
 
 
 def write_report(rows, out_dir):

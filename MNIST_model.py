@@ -306,8 +306,8 @@ def run_script(main):
         return 130
     except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
         full = e.errno in (errno.ENOSPC, errno.EFBIG)
-        fail(f'cannot write {e.filename}: ' + ('the disk is full; free some space, then run again (training '
-                                               'with --resume continues after its last saved epoch)' if full else e.strerror))
+        fail(f'cannot write {e.filename}: ' + (e.strerror if not full else 'the disk is full; free some space, '
+                                               'then run again (training with --resume continues)'))
 
 
 def load_checkpoint(path, device='cpu'):

@@ -44,7 +44,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description='Train settings of the MNIST 4-layer perceptron; '
                                 'each setting is a row of Config.settings in MNIST_model.py.')
     add_common_args(p, required=True, setting_help="setting to train: a row of Config.settings (1-4 are the "
-                    "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4, 'extra' for 5-13, 'wd' for the weight-decay sweep")
+                    "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4, 'extra' for 5-13 or 'wd' "
+                    "for the weight-decay sweep")
     p.add_argument('--epochs', type=count(1), help="epochs to train (default: the setting's, 100)")
     p.add_argument('--seed', type=count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
     p.add_argument('--seeds', type=count(1), metavar='K',

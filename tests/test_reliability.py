@@ -315,7 +315,8 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_d
     assert first.poll() is None  # still training, undisturbed
     first.kill()
     first.communicate()
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force', data=big_data).returncode == 0  # no stale lock
+    again = cli('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force', data=big_data)
+    assert again.returncode == 0  # no stale lock
 
 
 def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(cli, tmp_path):

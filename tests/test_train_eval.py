@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import MNIST_train
 from MNIST_evaluation import COLUMNS
-from MNIST_model import MNIST_model, data_load, predict, setting
+from MNIST_model import MNIST_model, data_load, generate_batch, predict, setting
 from MNIST_train import distort, make_optimizer, make_step, split_indices, train
 from tests.idx import synthetic_digits
 
@@ -141,16 +141,53 @@ def test_fast_path_matches_a_plain_loop():
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast.parameters(), plain.parameters()))
 
 
+def old_distort(x, strength, elastic):
+    """The distortion as the code computed it before warp(): F.affine_grid, F.interpolate, two draws of noise."""
+    b = len(x)
+    def uniform(size):
+        return (torch.rand(b) * 2 - 1) * size * strength
+    angle, scale, shear = uniform(0.2), 1 + uniform(0.1), uniform(0.1)
+    cos, sin = angle.cos() * scale, angle.sin() * scale
+    theta = torch.stack([cos, shear - sin, uniform(0.15), sin, cos, uniform(0.15)], 1).view(b, 2, 3)
+    grid = F.affine_grid(theta, (b, 1, 28, 28), align_corners=False)
+    field = torch.randn(b, 2, 4, 4) * (elastic * 2 / 28)
+    grid = grid + F.interpolate(field, size=(28, 28), mode='bicubic', align_corners=False).permute(0, 2, 3, 1)
+    return F.grid_sample(x.view(-1, 1, 28, 28), grid, align_corners=False).flatten(1)
+
+
 def test_distortions_are_the_warps_they_claim():
-    """No strength leaves the images alone; the elastic field is bicubic upsampling, done as matrix products."""
+    """No strength leaves the images alone; otherwise the same warps as before, positions from one product."""
     x = synthetic_digits(8, seed=0)[0].flatten(1) / 255
     assert torch.allclose(distort(x, dict(distort=0.0, elastic=0.0, deskew=False)), x, atol=1e-5)
     torch.manual_seed(0)
-    warped = distort(x, dict(distort=0.0, elastic=1.0, deskew=False))
+    warped = distort(x, dict(distort=1.0, elastic=1.0, deskew=False))
     torch.manual_seed(0)
-    torch.rand(5, len(x))  # the five affine draws
-    field = torch.randn(len(x), 2, 4, 4) * (2 / 28)
-    grid = F.affine_grid(torch.eye(2, 3).expand(len(x), 2, 3), (len(x), 1, 28, 28), align_corners=False)
-    grid = grid + F.interpolate(field, size=(28, 28), mode='bicubic', align_corners=False).permute(0, 2, 3, 1)
-    expected = F.grid_sample(x.view(-1, 1, 28, 28), grid, align_corners=False).flatten(1)
-    assert torch.allclose(warped, expected, atol=1e-5) and not torch.allclose(warped, x, atol=1e-2)
+    assert torch.allclose(warped, old_distort(x, 1.0, 1.0), atol=1e-5) and not torch.allclose(warped, x, atol=1e-2)
+
+
+def test_deskewing_once_per_run_is_deskewing_every_batch():
+    """Training and validation images are deskewed once; the model used to deskew them in every forward pass."""
+    x, y = synthetic_digits(600, seed=0)
+    x = x.flatten(1) / 255
+    hyper = {**setting(2), 'deskew': True}
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(MNIST_model(deskew=True))
+        models[-1].fit_input(models[-1].straighten(x))
+    fast, old = models
+    assert torch.equal(predict(fast, fast.straighten(x), straightened=True), predict(fast, x))
+    optimizer, _ = make_optimizer(fast, hyper, 3)
+    step, old_optimizer = make_step(fast, optimizer, hyper), torch.optim.Adam(old.parameters(), lr=hyper['lr'])
+    torch.manual_seed(1)
+    fast_loss = train(fast, step, fast.straighten(x), y, 200)
+    torch.manual_seed(1)
+    old_losses = []
+    for xb, yb in generate_batch(x, y, 200):
+        loss = F.cross_entropy(old(xb), yb)  # deskewed inside the forward pass, batch by batch
+        old_optimizer.zero_grad()
+        loss.backward()
+        old_optimizer.step()
+        old_losses.append(loss.item())
+    assert abs(fast_loss - sum(old_losses) / len(old_losses)) < 1e-5
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast.parameters(), old.parameters()))
