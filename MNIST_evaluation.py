@@ -23,7 +23,6 @@ COLUMNS = ('Batch_size', 'Activation function', '# of layers', 'Layer size', 'Ep
            'Accuracy')
 NAMES = {'relu': 'ReLU', 'sigmoid': 'Sigmoid', 'tanh': 'Tanh', 'leaky_relu': 'Leaky ReLU (0.1)', 'elu': 'ELU',
          'maxout': 'Maxout (2)', 'he': 'He', 'xavier': 'Xavier'}
-REFERENCE = 2  # extra settings are described by how they differ from this one
 
 
 def runs_of(out_dir, name):
@@ -63,8 +62,8 @@ def table_row(results):
 
 
 def differences(hyper):
-    """What a run's hyperparameters change relative to the reference setting (epochs have their own column)."""
-    ref = setting(REFERENCE)
+    """What a run's hyperparameters change relative to Setting 2 (epochs have their own column)."""
+    ref = setting(2)
     return ', '.join(f'{k}={v}' for k, v in hyper.items() if k != 'epochs' and v != ref.get(k)) or 'nothing'
 
 
@@ -113,7 +112,7 @@ def write_report(rows, out_dir):
                  '', '**Validation dataset accuracy plot**', '', '![Validation accuracy](val_accuracy.png)', '']
     if extra_rows:
         body += ['## Additional experiments', '',
-                 markdown_table(['', f'Differs from Setting #{REFERENCE}', *COLUMNS],
+                 markdown_table(['', 'Differs from Setting #2', *COLUMNS],
                                 [[f'Setting #{n}', differences(r[0]['history']['hyperparameters']), *table_row(r)]
                                  for n, r in extra_rows.items()]), '']
     if any(n in rows for n in Config.groups['wd']):

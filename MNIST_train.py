@@ -254,8 +254,10 @@ def train_runs(runs, args):
     if jobs == 1:
         return all([train_setting(*run, args) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
-    pool = multiprocessing.get_context('spawn').Pool(jobs, start_worker, (threads,))
-    with pool:  # leaving the block, by an error or Ctrl-C too, stops every worker
+    # forked workers start at once (no torch threads have run here yet); CUDA does not survive a fork
+    method = 'fork' if args.device.type == 'cpu' and sys.platform == 'linux' else 'spawn'
+    with multiprocessing.get_context(method).Pool(jobs, start_worker, (threads,)) as pool:  # leaving it stops them
+        training_data(args.data_dir, args.device)  # any fault with the data shows here, once
         results = list(pool.imap_unordered(train_job, [(*run, args) for run in runs]))
     for message in (r for r in results if isinstance(r, str)):
         print(message, file=sys.stderr)
@@ -271,7 +273,6 @@ def main(argv=None):
             for name in args.setting for seed in seeds]
     locks = [start_run(folder, args) for name, seed, folder in runs]
     try:
-        training_data(args.data_dir, args.device)  # any fault with the data shows here, before the workers start
         return 0 if train_runs(runs, args) else 1
     except KeyboardInterrupt:
         again = ' '.join(a for a in argv if a != '--force') + ('' if args.resume else ' --resume')

@@ -40,8 +40,8 @@ def test_ctrl_c_stops_every_job_keeps_their_epochs_and_prints_one_resume_command
         started.add(line.split(' |')[0])
         if len(started) == 2:  # both workers have finished an epoch
             break
-    workers = [pid for pid in os.listdir('/proc') if pid.isdigit() and 'spawn_main' in read(f'/proc/{pid}/cmdline')
-               and read(f'/proc/{pid}/stat').rsplit(')', 1)[1].split()[1] == str(proc.pid)]
+    workers = [pid for pid in os.listdir('/proc')
+               if pid.isdigit() and read(f'/proc/{pid}/stat').rsplit(')', 1)[1].split()[1:2] == [str(proc.pid)]]
     assert len(workers) == 2
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
