@@ -110,6 +110,18 @@ def test_seeds_and_additional_experiments_in_the_report(cli, tmp_path):
     assert '| Setting #5 | activation=sigmoid, init=xavier |' in extra
 
 
+def textbook_epoch(model, optimizer, batches):
+    """A plain training loop over (images, labels) batches; returns the mean of the batch losses."""
+    losses = []
+    for xb, yb in batches:
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
 def test_fast_path_matches_a_plain_loop():
     """Fused optimizer, in-place ReLU and tensor batching give the losses of a textbook loop, seed for seed."""
     x, y = synthetic_digits(1000, seed=0)
@@ -124,20 +136,12 @@ def test_fast_path_matches_a_plain_loop():
     optimizer, _ = make_optimizer(fast, hyper, 5)
     step = make_step(fast, optimizer, hyper)
     plain_optimizer = torch.optim.Adam(plain.parameters(), lr=hyper['lr'], foreach=False)
-    criterion = torch.nn.CrossEntropyLoss()
     for epoch in range(3):
         torch.manual_seed(epoch)
         fast_loss = train(fast, step, x, y, 200)
         torch.manual_seed(epoch)
-        perm, losses = torch.randperm(len(x)), []
-        for i in range(0, len(x), 200):
-            idx = perm[i:i + 200]
-            loss = criterion(plain(x[idx]), y[idx])
-            plain_optimizer.zero_grad()
-            loss.backward()
-            plain_optimizer.step()
-            losses.append(loss.item())
-        assert abs(fast_loss - sum(losses) / len(losses)) < 1e-5
+        batches = ((x[idx], y[idx]) for idx in torch.randperm(len(x)).split(200))
+        assert abs(fast_loss - textbook_epoch(plain, plain_optimizer, batches)) < 1e-5
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast.parameters(), plain.parameters()))
 
 
@@ -181,13 +185,6 @@ def test_deskewing_once_per_run_is_deskewing_every_batch():
     step, old_optimizer = make_step(fast, optimizer, hyper), torch.optim.Adam(old.parameters(), lr=hyper['lr'])
     torch.manual_seed(1)
     fast_loss = train(fast, step, fast.straighten(x), y, 200)
-    torch.manual_seed(1)
-    old_losses = []
-    for xb, yb in generate_batch(x, y, 200):
-        loss = F.cross_entropy(old(xb), yb)  # deskewed inside the forward pass, batch by batch
-        old_optimizer.zero_grad()
-        loss.backward()
-        old_optimizer.step()
-        old_losses.append(loss.item())
-    assert abs(fast_loss - sum(old_losses) / len(old_losses)) < 1e-5
+    torch.manual_seed(1)  # the old model deskews inside its forward pass, batch by batch
+    assert abs(fast_loss - textbook_epoch(old, old_optimizer, generate_batch(x, y, 200))) < 1e-5
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast.parameters(), old.parameters()))
