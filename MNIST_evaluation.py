@@ -134,8 +134,7 @@ def main(argv=None):
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     names = args.setting or list(Config.settings)
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
-    x, y = data_load(args.data_dir, train=False)
-    x, y = x.to(args.device), y.to(args.device)
+    x, y = (t.to(args.device) for t in data_load(args.data_dir, train=False))
     rows, skipped = {}, 0
     for name in names:
         folders = runs_of(args.out_dir, name)

@@ -233,35 +233,36 @@ def train_setting(name, seed, folder, args):
     return True
 
 
-def start_worker(threads):
+def train_share(runs, args, threads):
+    """A worker process: its share of the runs, one after another, on its share of the cores."""
     start_process()
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops every worker
     sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
-
-
-def train_job(task):
-    """train_setting in a worker process; a refusal comes back as its message instead of ending the worker."""
-    try:
-        return train_setting(*task)
-    except SystemExit as e:
-        return str(e.code)
+    sys.exit(run_script(lambda: 0 if all([train_setting(*run, args) for run in runs]) else 1))
 
 
 def train_runs(runs, args):
-    """Train the runs one after another, or in args.jobs worker processes; True if none diverged."""
+    """Train the runs one after another, or shared among args.jobs worker processes; True if all went well."""
     jobs = min(args.jobs, len(runs))
     if jobs == 1:
         return all([train_setting(*run, args) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
-    # forked workers start at once (no torch threads have run here yet); CUDA does not survive a fork
-    method = 'fork' if args.device.type == 'cpu' and sys.platform == 'linux' else 'spawn'
-    with multiprocessing.get_context(method).Pool(jobs, start_worker, (threads,)) as pool:  # leaving it stops them
-        training_data(args.data_dir, args.device)  # any fault with the data shows here, once
-        results = list(pool.imap_unordered(train_job, [(*run, args) for run in runs]))
-    for message in (r for r in results if isinstance(r, str)):
-        print(message, file=sys.stderr)
-    return all(r is True for r in results)
+    torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
+    training_data(args.data_dir, args.device)  # any fault with the data shows here, once; forked workers share it
+    method = 'fork' if args.device.type == 'cpu' and sys.platform == 'linux' else 'spawn'  # CUDA survives no fork
+    workers = [multiprocessing.get_context(method).Process(target=train_share, args=(runs[i::jobs], args, threads))
+               for i in range(jobs)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    finally:  # also on Ctrl-C: stop every worker
+        for worker in workers:
+            worker.terminate()
+            worker.join()
+    return all(worker.exitcode == 0 for worker in workers)
 
 
 def main(argv=None):
