@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -7,6 +8,10 @@ import pytest
 from tests.idx import write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The tests send real Ctrl-Cs (SIGINT) to the processes they start. A shell starts background jobs with
+# SIGINT ignored, and children inherit that; a handler here is not inherited, so they get the default back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
