@@ -56,7 +56,7 @@ def table_row(results):
     h = results[0]['history']['hyperparameters']
     return [h['batch_size'], NAMES.get(h['activation'], h['activation']), h['layers'], h['width'], h['epochs'],
             NAMES.get(h['init'], h['init']), h['optimizer'], f'{h["lr"]:g}', f'{h["weight_decay"]:g}',
-            mean_std([r['history']['training_time'] for r in results], '{:.1f} s'),
+            mean_std([100 * r['history']['training_time'] / len(r['history']['epochs']) for r in results], '{:.1f} s'),
             mean_std([r['epoch'] for r in results], '{:.0f}'),
             mean_std([100 * r['accuracy'] for r in results], '{:.2f}%')]
 
