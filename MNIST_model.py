@@ -1,4 +1,5 @@
 """MNIST 4-layer perceptron: data, model, settings, and the helpers both scripts share."""
+
 import argparse
 import errno
 import functools
@@ -49,17 +50,18 @@ def data_load(data_dir, train=True):
     if os.path.isfile(data_dir):
         fail(f'the data folder {data_dir} is a file, not a folder')
     first = 0 if train else 2
-    images, labels = (os.path.join(raw, f) for f in RAW_FILES[first:first + 2])
+    images, labels = (os.path.join(raw, f) for f in RAW_FILES[first : first + 2])
     if not (os.path.isfile(images) and os.path.isfile(labels)):
         try:
             datasets.MNIST(data_dir, train=train, download=True)
         except Exception:
-            fail(f'MNIST is not in {raw} and could not be downloaded; '
-                 f'put the four files {", ".join(RAW_FILES)} there')
+            fail(f'MNIST is not in {raw} and could not be downloaded; put the four files {", ".join(RAW_FILES)} there')
     x, y = read_idx(images), read_idx(labels)
     if x.shape[1:] != (28, 28) or y.dim() != 1 or len(x) != len(y) or y.max() > 9:
-        fail(f'{images} and {labels} do not hold matching 28x28 images and digit labels; '
-             f'replace them with the original MNIST files')
+        fail(
+            f'{images} and {labels} do not hold matching 28x28 images and digit labels; '
+            f'replace them with the original MNIST files'
+        )
     return x.flatten(1).float().div_(255), y.long()
 
 
@@ -67,13 +69,19 @@ def generate_batch(x, y, batch_size):
     """Shuffled mini-batches of one epoch, gathered from the tensors where they live."""
     perm = torch.randperm(len(x)).to(x.device)
     for i in range(0, len(x), batch_size):
-        idx = perm[i:i + batch_size]
+        idx = perm[i : i + batch_size]
         yield x.index_select(0, idx), y.index_select(0, idx)  # 2.5x faster than x[idx] on the CPU
 
 
 # maxout: the larger of each pair of neighbouring features (max-pooling a [B, F] tensor pools along F)
-ACTIVATIONS = {'relu': partial(nn.ReLU, inplace=True), 'sigmoid': nn.Sigmoid, 'tanh': nn.Tanh,
-               'leaky_relu': partial(nn.LeakyReLU, 0.1), 'elu': nn.ELU, 'maxout': partial(nn.MaxPool1d, 2)}
+ACTIVATIONS = {
+    'relu': partial(nn.ReLU, inplace=True),
+    'sigmoid': nn.Sigmoid,
+    'tanh': nn.Tanh,
+    'leaky_relu': partial(nn.LeakyReLU, 0.1),
+    'elu': nn.ELU,
+    'maxout': partial(nn.MaxPool1d, 2),
+}
 INITS = {'he': partial(nn.init.kaiming_normal_, nonlinearity='relu'), 'xavier': nn.init.xavier_normal_}
 
 
@@ -82,8 +90,9 @@ def warp_basis(device):
     """[19, 784]: each output pixel's x, y (in [-1, 1]) and 1, then 16 smooth bumps (4x4 control points
     upsampled bicubically) for elastic fields. A warp's sampling positions are coefficients [B, 2, k] @ basis[:k]."""
     pos = (torch.arange(28.0, device=device) * 2 - 27) / 28  # pixel centres, as grid_sample reads them
-    up = F.interpolate(torch.eye(4, device=device)[:, None, :, None], size=(28, 1), mode='bicubic',
-                       align_corners=False)[:, 0, :, 0].T  # [28, 4]: bicubic upsampling is linear
+    up = F.interpolate(
+        torch.eye(4, device=device)[:, None, :, None], size=(28, 1), mode='bicubic', align_corners=False
+    )[:, 0, :, 0].T  # [28, 4]: bicubic upsampling is linear
     bumps = torch.einsum('ia,jb->abij', up, up).reshape(16, 784)
     return torch.cat([pos.repeat(28)[None], pos.repeat_interleave(28)[None], torch.ones(1, 784, device=device), bumps])
 
@@ -138,10 +147,13 @@ class MNIST_model(nn.Module):
     def set_extra_state(self, options):
         def text(keys, values):
             return ', '.join(f'{k}={values.get(k)!r}' for k in keys)
+
         differ = [k for k in options if self.options.get(k) != options[k]]
         if differ:
-            raise ValueError(f'the weights are of a network with {text(differ, options)}, not '
-                             f'{text(differ, self.options)}; build it as MNIST_model({text(options, options)})')
+            raise ValueError(
+                f'the weights are of a network with {text(differ, options)}, not '
+                f'{text(differ, self.options)}; build it as MNIST_model({text(options, options)})'
+            )
 
     def fit_input(self, x):
         """Centre each pixel on its training mean and divide by the spread of all training pixels (x straightened)."""
@@ -175,9 +187,23 @@ class Config:
     # random affine warps of training images (1 = up to 11 degrees, 10% scale and shear, 2 pixels shift); elastic:
     # size in pixels of random smooth displacements; schedule 'onecycle' ramps lr up then down; deskew: the
     # model straightens and centres every image it is given, training and test images alike.
-    base = dict(batch_size=batch_size, activation='relu', layers=4, width=200, epochs=epoch, init='he',
-                optimizer='Adam', lr=lr_adam, weight_decay=0.0, dropout=0.0, distort=0.0, elastic=0.0,
-                label_smoothing=0.0, schedule=None, deskew=False)
+    base = dict(
+        batch_size=batch_size,
+        activation='relu',
+        layers=4,
+        width=200,
+        epochs=epoch,
+        init='he',
+        optimizer='Adam',
+        lr=lr_adam,
+        weight_decay=0.0,
+        dropout=0.0,
+        distort=0.0,
+        elastic=0.0,
+        label_smoothing=0.0,
+        schedule=None,
+        deskew=False,
+    )
     settings = {
         1: dict(optimizer='Adadelta', lr=lr_adadelta),
         2: dict(optimizer='Adam', lr=lr_adam),
@@ -194,15 +220,30 @@ class Config:
         12: dict(batch_size=50),
         13: dict(batch_size=1000),
         # The assignment's network trained for the best test accuracy it can reach
-        'best': dict(batch_size=400, optimizer='AdamW', lr=3e-3, weight_decay=0.05, schedule='onecycle', epochs=300,
-                     distort=1.0, elastic=1.0, label_smoothing=0.1, deskew=True),
+        'best': dict(
+            batch_size=400,
+            optimizer='AdamW',
+            lr=3e-3,
+            weight_decay=0.05,
+            schedule='onecycle',
+            epochs=300,
+            distort=1.0,
+            elastic=1.0,
+            label_smoothing=0.1,
+            deskew=True,
+        ),
         # Weight-decay sweep: L2 decay in Adam and Adadelta, decoupled decay in AdamW, at Setting 1/2's rates
-        **{f'{opt}-{wd:g}': dict(optimizer=opt, lr=lr, weight_decay=wd)
-           for opt, lr in (('Adam', lr_adam), ('Adadelta', lr_adadelta), ('AdamW', lr_adam))
-           for wd in (0, 1e-5, 1e-4, 1e-3, 1e-2)},
+        **{
+            f'{opt}-{wd:g}': dict(optimizer=opt, lr=lr, weight_decay=wd)
+            for opt, lr in (('Adam', lr_adam), ('Adadelta', lr_adadelta), ('AdamW', lr_adam))
+            for wd in (0, 1e-5, 1e-4, 1e-3, 1e-2)
+        },
     }
-    groups = {'all': [1, 2, 3, 4], 'extra': list(range(5, 14)),  # names for several settings at once
-              'wd': [name for name in settings if '-' in str(name)]}
+    groups = {
+        'all': [1, 2, 3, 4],
+        'extra': list(range(5, 14)),  # names for several settings at once
+        'wd': [name for name in settings if '-' in str(name)],
+    }
 
 
 def setting(name):
@@ -227,22 +268,31 @@ def parse_device(text):
     try:
         device = accelerator or torch.device('cpu') if text == 'auto' else torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f'unknown device {text!r}; use auto, cpu, cuda, mps, xpu or cuda:N')
-    if device.type != 'cpu' and (device.type != getattr(accelerator, 'type', None)
-                                 or (device.index or 0) >= torch.accelerator.device_count()):
+        raise argparse.ArgumentTypeError(f'unknown device {text!r}; use auto, cpu, cuda, mps, xpu or cuda:N') from None
+    if device.type != 'cpu' and (
+        device.type != getattr(accelerator, 'type', None) or (device.index or 0) >= torch.accelerator.device_count()
+    ):
         raise argparse.ArgumentTypeError(f'{text}: no such device here; use --device cpu')
     return device
 
 
 def add_common_args(parser, required, setting_help):
     parser.add_argument('--setting', type=parse_setting, required=required, help=setting_help)
-    parser.add_argument('--device', type=parse_device, default='auto',
-                        help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, '
-                        'mps or xpu (default auto)')
-    parser.add_argument('--data-dir', default=Config.data_dir,
-                        help=f'folder holding MNIST/raw/ (default {Config.data_dir})')
-    parser.add_argument('--out-dir', default=Config.out_dir,
-                        help=f'folder of checkpoints, plots and the report (default {Config.out_dir})')
+    parser.add_argument(
+        '--device',
+        type=parse_device,
+        default='auto',
+        help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, '
+        'mps or xpu (default auto)',
+    )
+    parser.add_argument(
+        '--data-dir', default=Config.data_dir, help=f'folder holding MNIST/raw/ (default {Config.data_dir})'
+    )
+    parser.add_argument(
+        '--out-dir',
+        default=Config.out_dir,
+        help=f'folder of checkpoints, plots and the report (default {Config.out_dir})',
+    )
 
 
 def build_model(hyper):
@@ -306,8 +356,14 @@ def run_script(main):
         return 130
     except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
         full = e.errno in (errno.ENOSPC, errno.EFBIG)
-        fail(f'cannot write {e.filename}: ' + (e.strerror if not full else 'the disk is full; free some space, '
-                                               'then run again (training with --resume continues)'))
+        fail(
+            f'cannot write {e.filename}: '
+            + (
+                e.strerror
+                if not full
+                else 'the disk is full; free some space, then run again (training with --resume continues)'
+            )
+        )
 
 
 def load_checkpoint(path, device='cpu'):
@@ -315,9 +371,9 @@ def load_checkpoint(path, device='cpu'):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(f'{path} holds more than tensors and plain values; refused, it could run code')
+        raise ValueError(f'{path} holds more than tensors and plain values; refused, it could run code') from None
     except Exception:
-        raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint')
+        raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
     if not isinstance(checkpoint, dict) or 'model_state_dict' not in checkpoint or 'epoch' not in checkpoint:
         raise ValueError(f'{path} is not a checkpoint of this project (no epoch or model_state_dict)')
     return checkpoint
@@ -329,9 +385,9 @@ def load_model(checkpoint, path, hyper, device='cpu'):
     try:
         model.load_state_dict(checkpoint['model_state_dict'])
     except ValueError as e:  # the checkpoint's network differs from the run's
-        raise ValueError(f'{path} does not fit its run: {e}')
+        raise ValueError(f'{path} does not fit its run: {e}') from None
     except (RuntimeError, KeyError, TypeError):
-        raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)')
+        raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
     return model
 
 

@@ -1,8 +1,9 @@
 """Train settings of the MNIST 4-layer perceptron and keep each one's best validation epoch.
 
-    python MNIST_train.py --setting 2        # one row of Config.settings (MNIST_model.py)
-    python MNIST_train.py --setting all      # the assignment's four settings
+python MNIST_train.py --setting 2        # one row of Config.settings (MNIST_model.py)
+python MNIST_train.py --setting all      # the assignment's four settings
 """
+
 import argparse
 import functools
 import glob
@@ -23,9 +24,25 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from MNIST_model import (Config, add_common_args, best_checkpoint, build_model, data_load, fail, generate_batch,
-                         load_checkpoint, plot_val_accuracy, predict, run_dir, run_script, save_atomic, save_figure,
-                         setting, start_process, warp)
+from MNIST_model import (
+    Config,
+    add_common_args,
+    best_checkpoint,
+    build_model,
+    data_load,
+    fail,
+    generate_batch,
+    load_checkpoint,
+    plot_val_accuracy,
+    predict,
+    run_dir,
+    run_script,
+    save_atomic,
+    save_figure,
+    setting,
+    start_process,
+    warp,
+)
 
 OPTIMIZERS = {'Adadelta': torch.optim.Adadelta, 'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW}
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
@@ -33,28 +50,45 @@ RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
 
 def count(minimum):
     """argparse type: a whole number of at least `minimum`."""
+
     def parse(text):
         if not text.isdigit() or int(text) < minimum:
             raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
         return int(text)
+
     return parse
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description='Train settings of the MNIST 4-layer perceptron; '
-                                'each setting is a row of Config.settings in MNIST_model.py.')
-    add_common_args(p, required=True, setting_help="setting to train: a row of Config.settings (1-4 are the "
-                    "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4, 'extra' for 5-13 or 'wd' "
-                    "for the weight-decay sweep")
+    p = argparse.ArgumentParser(
+        description='Train settings of the MNIST 4-layer perceptron; '
+        'each setting is a row of Config.settings in MNIST_model.py.'
+    )
+    add_common_args(
+        p,
+        required=True,
+        setting_help='setting to train: a row of Config.settings (1-4 are the '
+        "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4, 'extra' for 5-13 or 'wd' "
+        'for the weight-decay sweep',
+    )
     p.add_argument('--epochs', type=count(1), help="epochs to train (default: the setting's, 100)")
     p.add_argument('--seed', type=count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
-    p.add_argument('--seeds', type=count(1), metavar='K',
-                   help='train seeds 0..K-1, each into setting_N/seed_S/, for mean and spread in the report')
+    p.add_argument(
+        '--seeds',
+        type=count(1),
+        metavar='K',
+        help='train seeds 0..K-1, each into setting_N/seed_S/, for mean and spread in the report',
+    )
     again = p.add_mutually_exclusive_group()
     again.add_argument('--resume', action='store_true', help='continue after the last finished epoch')
     again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
-    p.add_argument('--jobs', type=count(1), default=1, metavar='N',
-                   help='train N runs (settings x seeds) at once in worker processes, sharing the cores (default 1)')
+    p.add_argument(
+        '--jobs',
+        type=count(1),
+        default=1,
+        metavar='N',
+        help='train N runs (settings x seeds) at once in worker processes, sharing the cores (default 1)',
+    )
     return p.parse_args(argv)
 
 
@@ -68,8 +102,9 @@ def split_indices(n):
 def make_optimizer(model, hyper, steps_per_epoch):
     """The setting's optimizer, with its one-kernel update where there is one, and its lr schedule."""
     fused = hyper['optimizer'] != 'Adadelta' and next(model.parameters()).device.type in ('cpu', 'cuda')
-    optimizer = OPTIMIZERS[hyper['optimizer']](model.parameters(), lr=hyper['lr'], weight_decay=hyper['weight_decay'],
-                                               **({'fused': True} if fused else {}))
+    optimizer = OPTIMIZERS[hyper['optimizer']](
+        model.parameters(), lr=hyper['lr'], weight_decay=hyper['weight_decay'], **({'fused': True} if fused else {})
+    )
     if hyper['schedule'] == 'onecycle':
         return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, hyper['lr'], hyper['epochs'] * steps_per_epoch)
     return optimizer, None
@@ -78,8 +113,10 @@ def make_optimizer(model, hyper, steps_per_epoch):
 def distort(x, hyper):
     """Randomly warped copies of a batch of images [B, 784]: affine (rotation, scale, shear, shift) and elastic."""
     b, device = len(x), x.device
+
     def uniform(size):
         return (torch.rand(b, device=device) * 2 - 1) * size * hyper['distort']
+
     angle, scale, shear = uniform(0.2), 1 + uniform(0.1), uniform(0.1)
     cos, sin = angle.cos() * scale, angle.sin() * scale
     shift = 0 if hyper['deskew'] else 0.15  # deskewing centres every image: shifting would only add noise
@@ -91,6 +128,7 @@ def distort(x, hyper):
 
 def make_step(model, optimizer, hyper):
     """One optimisation step on a mini-batch (warped first if the setting says so); returns the batch's loss."""
+
     def step(xb, yb):
         if hyper['distort'] or hyper['elastic']:
             xb = distort(xb, hyper)
@@ -99,6 +137,7 @@ def make_step(model, optimizer, hyper):
         loss.backward()
         optimizer.step()
         return loss.detach()
+
     return step
 
 
@@ -159,8 +198,10 @@ def resume(folder, model, optimizer, scheduler, history):
     except (ValueError, KeyError, RuntimeError) as e:
         fail(f'cannot resume from {path} ({e}); pass --force to start over')
     if not same:
-        fail(f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
-             'other epochs too); pass --force to start over')
+        fail(
+            f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
+            'other epochs too); pass --force to start over'
+        )
     return {**state['history'], 'hyperparameters': history['hyperparameters']}
 
 
@@ -169,15 +210,29 @@ def save_epoch(folder, model, optimizer, scheduler, history, improved):
     epoch = len(history['epochs'])
     if improved:
         best = os.path.join(folder, f'epoch_{epoch}.pth')
-        save_atomic(best, lambda f: torch.save({'epoch': epoch, 'model_state_dict': model.state_dict(),
-                                                'hyperparameters': history['hyperparameters'],
-                                                'val_accuracy': history['best_val_accuracy']}, f))
+        save_atomic(
+            best,
+            lambda f: torch.save(
+                {
+                    'epoch': epoch,
+                    'model_state_dict': model.state_dict(),
+                    'hyperparameters': history['hyperparameters'],
+                    'val_accuracy': history['best_val_accuracy'],
+                },
+                f,
+            ),
+        )
         for old in glob.glob(os.path.join(folder, 'epoch_*.pth')):
             if old != best:
                 os.remove(old)
-    state = {'epoch': epoch, 'model_state_dict': model.state_dict(), 'history': history,
-             'optimizer_state_dict': optimizer.state_dict(), 'rng_state': torch.get_rng_state(),
-             'scheduler_state_dict': scheduler.state_dict() if scheduler else None}
+    state = {
+        'epoch': epoch,
+        'model_state_dict': model.state_dict(),
+        'history': history,
+        'optimizer_state_dict': optimizer.state_dict(),
+        'rng_state': torch.get_rng_state(),
+        'scheduler_state_dict': scheduler.state_dict() if scheduler else None,
+    }
     save_atomic(os.path.join(folder, 'last.pth'), lambda f: torch.save(state, f))
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
@@ -198,9 +253,17 @@ def train_setting(name, seed, folder, args):
     x_train, x_val = model.straighten(x_train), model.straighten(x_val)  # deskewed once per run, if at all
     model.fit_input(x_train)
     optimizer, scheduler = make_optimizer(model, hyper, math.ceil(len(x_train) / hyper['batch_size']))
-    history = dict(setting=str(name), hyperparameters=hyper, seed=seed, device=str(args.device),
-                   threads=torch.get_num_threads(), epochs=[],
-                   best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
+    history = dict(
+        setting=str(name),
+        hyperparameters=hyper,
+        seed=seed,
+        device=str(args.device),
+        threads=torch.get_num_threads(),
+        epochs=[],
+        best_epoch=0,
+        best_val_accuracy=0.0,
+        training_time=0.0,
+    )
     if args.resume:
         history = resume(folder, model, optimizer, scheduler, history)
     step = make_step(model, optimizer, hyper)
@@ -212,24 +275,32 @@ def train_setting(name, seed, folder, args):
         val_loss, val_acc = F.cross_entropy(logits, y_val).item(), (logits.argmax(1) == y_val).float().mean().item()
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
-            print(f'{label}: training diverged at epoch {epoch} (loss {train_loss}); stopped, '
-                  f'keeping the best checkpoint so far (epoch {history["best_epoch"]})', file=sys.stderr)
+            print(
+                f'{label}: training diverged at epoch {epoch} (loss {train_loss}); stopped, '
+                f'keeping the best checkpoint so far (epoch {history["best_epoch"]})',
+                file=sys.stderr,
+            )
             return False
-        history['epochs'].append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
-                                      val_accuracy=val_acc, seconds=seconds))
+        history['epochs'].append(
+            dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
+        )
         history['training_time'] += seconds
         improved = val_acc > history['best_val_accuracy']
         if improved:
             history['best_epoch'], history['best_val_accuracy'] = epoch, val_acc
         save_epoch(folder, model, optimizer, scheduler, history, improved)
-        print(f'{label} | epoch {epoch:3d}/{hyper["epochs"]} | train loss {train_loss:.4f} | '
-              f'val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else ''))
+        print(
+            f'{label} | epoch {epoch:3d}/{hyper["epochs"]} | train loss {train_loss:.4f} | '
+            f'val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
+        )
     if history['best_epoch']:
         fig, ax = plt.subplots(figsize=(6, 4))
         plot_val_accuracy(ax, history, label)
         save_figure(fig, os.path.join(folder, 'val_accuracy.png'))
-        print(f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
-              f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> {best_checkpoint(folder)}')
+        print(
+            f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
+            f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> {best_checkpoint(folder)}'
+        )
     return True
 
 
@@ -251,8 +322,10 @@ def train_runs(runs, args):
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
     training_data(args.data_dir, args.device)  # any fault with the data shows here, once; forked workers share it
     method = 'fork' if args.device.type == 'cpu' and sys.platform == 'linux' else 'spawn'  # CUDA survives no fork
-    workers = [multiprocessing.get_context(method).Process(target=train_share, args=(runs[i::jobs], args, threads))
-               for i in range(jobs)]
+    workers = [
+        multiprocessing.get_context(method).Process(target=train_share, args=(runs[i::jobs], args, threads))
+        for i in range(jobs)
+    ]
     for worker in workers:
         worker.start()
     try:
@@ -270,15 +343,19 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     seeds = range(args.seeds) if args.seeds else [args.seed]
-    runs = [(name, seed, run_dir(args.out_dir, name, seed if args.seeds else None))
-            for name in args.setting for seed in seeds]
+    runs = [
+        (name, seed, run_dir(args.out_dir, name, seed if args.seeds else None))
+        for name in args.setting
+        for seed in seeds
+    ]
     locks = [start_run(folder, args) for name, seed, folder in runs]
     try:
         return 0 if train_runs(runs, args) else 1
     except KeyboardInterrupt:
         again = ' '.join(a for a in argv if a != '--force') + ('' if args.resume else ' --resume')
-        print(f'\nInterrupted; finished epochs are saved. Continue with: python MNIST_train.py {again}',
-              file=sys.stderr)
+        print(
+            f'\nInterrupted; finished epochs are saved. Continue with: python MNIST_train.py {again}', file=sys.stderr
+        )
         return 130
     finally:
         for lock in locks:

@@ -9,6 +9,7 @@ Then where the time of one of the project's training steps goes, part by part.
 
     python benchmarks/bench_epoch.py [--device cpu|cuda] [--epochs 5]
 """
+
 import argparse
 import os
 import resource
@@ -63,9 +64,12 @@ def skeleton_epoch(data_dir, train_idx, val_idx, device):
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            correct = sum((model(img.to(device).view(-1, 28 * 28)).argmax(1) == label.to(device)).sum().item()
-                          for img, label in val_loader)
+            correct = sum(
+                (model(img.to(device).view(-1, 28 * 28)).argmax(1) == label.to(device)).sum().item()
+                for img, label in val_loader
+            )
         return correct
+
     return epoch
 
 
@@ -79,6 +83,7 @@ def project_epoch(x_train, y_train, x_val, y_val):
     def epoch():
         train(model, step, x_train, y_train, Config.batch_size)
         predict(model, x_val)
+
     return epoch
 
 
@@ -95,6 +100,7 @@ def by_hand_epoch(x_train, y_train, x_val):
     def views(t):  # weights and biases (or their gradients) as views into one flat vector
         parts = [v.view_as(p) for v, p in zip(t.detach().split([p.numel() for p in params]), params)]
         return parts[0::2], parts[1::2]
+
     (weights, biases), (grad_w, grad_b) = views(flat), views(flat.grad)
     one_hot = torch.eye(10, device=x_train.device)
 
@@ -119,6 +125,7 @@ def by_hand_epoch(x_train, y_train, x_val):
             optimizer.step()
         forward(x_val)
         return torch.stack(losses).mean().item()
+
     return epoch
 
 
@@ -137,13 +144,14 @@ def floor_epoch(x_train, x_val):
 
     def epoch():
         for i in range(0, len(x_train), b):
-            _, inputs = forward(x_train[i:i + b])
+            _, inputs = forward(x_train[i : i + b])
             g = grad_out
             for k in reversed(range(len(weights))):
                 g.T @ inputs[k]
                 if k:
                     g = g @ weights[k]
         forward(x_val)
+
     return epoch
 
 
@@ -170,8 +178,12 @@ def step_parts(x_train, y_train, repeats=250):
     def update(i):
         optimizer.step()
 
-    parts = {'gather the batch': gather, 'forward + loss': forward, 'zero_grad + backward': backward,
-             'optimizer step': update}
+    parts = {
+        'gather the batch': gather,
+        'forward + loss': forward,
+        'zero_grad + backward': backward,
+        'optimizer step': update,
+    }
     times = {name: [] for name in parts}
     for i in range(repeats + 10):  # the first 10 steps warm up
         for name, part in parts.items():
@@ -198,26 +210,42 @@ def main():
         x, y = data_load(data_dir)
         train_idx, val_idx = split_indices(len(x))
         x_train, y_train, x_val, y_val = (t.to(device) for t in (x[train_idx], y[train_idx], x[val_idx], y[val_idx]))
-        print(f'{source}; {len(x_train)} training and {len(x_val)} validation images, batch {Config.batch_size}; '
-              f'device {device}' + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else
-                                    f' ({torch.get_num_threads()} threads)') + f'; torch {torch.__version__}')
+        print(
+            f'{source}; {len(x_train)} training and {len(x_val)} validation images, batch {Config.batch_size}; '
+            f'device {device}'
+            + (
+                f' ({torch.cuda.get_device_name(device)})'
+                if device.type == 'cuda'
+                else f' ({torch.get_num_threads()} threads)'
+            )
+            + f'; torch {torch.__version__}'
+        )
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
         project = timed(project_epoch(x_train, y_train, x_val, y_val), device, args.epochs)
-        memory = (f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB GPU memory' if device.type == 'cuda'
-                  else f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS')
+        memory = (
+            f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB GPU memory'
+            if device.type == 'cuda'
+            else f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS'
+        )
         by_hand = timed(by_hand_epoch(x_train, y_train, x_val), device, args.epochs)
         floor = timed(floor_epoch(x_train, x_val), device, args.epochs)
         skeleton = timed(skeleton_epoch(data_dir, train_idx, val_idx, device), device, max(3, args.epochs // 2))
         parts = step_parts(x_train, y_train)
     print(f'\n| path | s / epoch (median of {args.epochs}) |\n|---|---|')
-    for name, seconds in (('skeleton: DataLoader + ToTensor', skeleton), ('project: MNIST_train.train', project),
-                          ('by hand: no autograd, one flat Adam', by_hand), ('floor: matrix products only', floor)):
+    for name, seconds in (
+        ('skeleton: DataLoader + ToTensor', skeleton),
+        ('project: MNIST_train.train', project),
+        ('by hand: no autograd, one flat Adam', by_hand),
+        ('floor: matrix products only', floor),
+    ):
         print(f'| {name} | {seconds:.3f} |')
-    print(f'\nproject / floor = {project / floor:.2f}   by hand / floor = {by_hand / floor:.2f}   '
-          f'skeleton / project = {skeleton / project:.1f}   project peak memory: {memory}')
+    print(
+        f'\nproject / floor = {project / floor:.2f}   by hand / floor = {by_hand / floor:.2f}   '
+        f'skeleton / project = {skeleton / project:.1f}   project peak memory: {memory}'
+    )
     steps = len(x_train) // Config.batch_size
-    print(f'\n| one training step, part by part | µs (median) |\n|---|---|')
+    print('\n| one training step, part by part | µs (median) |\n|---|---|')
     for name, us in parts.items():
         print(f'| {name} | {us:.0f} |')
     print(f'| sum of the parts | {sum(parts.values()):.0f} |')

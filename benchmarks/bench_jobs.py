@@ -5,6 +5,7 @@ included); the ratio is the speed-up that --jobs gives on this machine.
 
     python benchmarks/bench_jobs.py [--jobs 2] [--epochs 5] [--repeats 1]
 """
+
 import argparse
 import os
 import statistics
@@ -25,8 +26,23 @@ def cpu_model():
 
 
 def wall_time(jobs, args, data_dir, out):
-    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', 'all', '--epochs', str(args.epochs),
-           '--jobs', str(jobs), '--device', 'cpu', '--data-dir', data_dir, '--out-dir', out, '--force']
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'MNIST_train.py'),
+        '--setting',
+        'all',
+        '--epochs',
+        str(args.epochs),
+        '--jobs',
+        str(jobs),
+        '--device',
+        'cpu',
+        '--data-dir',
+        data_dir,
+        '--out-dir',
+        out,
+        '--force',
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start

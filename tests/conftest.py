@@ -31,9 +31,19 @@ def big_data(tmp_path):
 @pytest.fixture
 def cli(tmp_path, data_dir):
     """Run one of the scripts as a user would, on the synthetic data, writing into tmp_path/out."""
+
     def run(script, *args, data=data_dir, out=tmp_path / 'out', timeout=300, **kwargs):
-        cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, script),
+            *map(str, args),
+            '--data-dir',
+            str(data),
+            '--out-dir',
+            str(out),
+        ]
         return subprocess.run(cmd, text=True, timeout=timeout, cwd=tmp_path, **{'capture_output': True, **kwargs})
+
     return run
 
 
@@ -41,10 +51,14 @@ def cli(tmp_path, data_dir):
 def harness(tmp_path, data_dir):
     """Run MNIST_train.py or MNIST_evaluation.py as their command line does, in a subprocess, after `setup` code
     (to inject a fault)."""
+
     def run(script, setup, *args, data=data_dir, out=tmp_path / 'out', **kwargs):
-        code = (f'import sys\n{setup}\nimport {script}, MNIST_model\n'
-                f'sys.exit(MNIST_model.run_script(lambda: {script}.main(sys.argv[1:])))')
+        code = (
+            f'import sys\n{setup}\nimport {script}, MNIST_model\n'
+            f'sys.exit(MNIST_model.run_script(lambda: {script}.main(sys.argv[1:])))'
+        )
         cmd = [sys.executable, '-c', code, *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
         env = {**os.environ, 'PYTHONPATH': ROOT}
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, **kwargs)
+
     return run

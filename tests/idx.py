@@ -1,4 +1,5 @@
 """Small but valid MNIST IDX files, so that tests run torchvision's real reader without the real data."""
+
 import os
 import struct
 

@@ -1,4 +1,5 @@
 """The GPU path: training steps on CUDA, and GPU checkpoints that evaluate on a CPU. Skipped without a GPU."""
+
 import pytest
 import torch
 
@@ -34,6 +35,7 @@ def test_gpu_steps_match_cpu_steps():
         g = torch.Generator().manual_seed(1)
         x, y = torch.rand(2000, 784, generator=g), torch.randint(0, 10, (2000,), generator=g)
         return [step(xb.to(device), yb.to(device)).item() for xb, yb in zip(x.split(200), y.split(200))]
+
     assert losses('cuda') == pytest.approx(losses('cpu'), rel=1e-3)
 
 

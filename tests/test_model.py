@@ -73,7 +73,7 @@ def test_every_activation_runs_forward_and_backward(activation):
 def test_maxout_takes_the_larger_of_two_pieces():
     model = MNIST_model(activation='maxout')
     assert model.net[0].out_features == 400 and model.net[2].in_features == 200
-    assert torch.equal(model.net[1](torch.tensor([[1., 5., -2., -3.]])), torch.tensor([[5., -2.]]))
+    assert torch.equal(model.net[1](torch.tensor([[1.0, 5.0, -2.0, -3.0]])), torch.tensor([[5.0, -2.0]]))
 
 
 def test_dropout_only_when_asked():
@@ -86,8 +86,14 @@ def test_settings_table_is_the_assignments():
     for name, (optimizer, lr, decay) in expected.items():
         s = setting(name)
         assert (s['optimizer'], s['lr'], s['weight_decay']) == (optimizer, lr, decay)
-        assert (s['batch_size'], s['activation'], s['layers'], s['width'], s['epochs'], s['init']) == \
-            (200, 'relu', 4, 200, 100, 'he')
+        assert (s['batch_size'], s['activation'], s['layers'], s['width'], s['epochs'], s['init']) == (
+            200,
+            'relu',
+            4,
+            200,
+            100,
+            'he',
+        )
     assert Config.groups['all'] == [1, 2, 3, 4]
 
 
@@ -114,19 +120,23 @@ def test_warp_is_the_affine_grid_sampling_it_replaces():
     assert torch.allclose(warp(x, theta), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('option', [dict(activation='tanh'), dict(deskew=True), dict(dropout=0.1),
-                                    dict(activation='maxout'), dict(width=100)])
+@pytest.mark.parametrize(
+    'option',
+    [dict(activation='tanh'), dict(deskew=True), dict(dropout=0.1), dict(activation='maxout'), dict(width=100)],
+)
 def test_weights_refuse_a_network_built_with_other_options(option):
     """The skeleton's MNIST_model().load_state_dict(...) names the option that differs instead of going wrong."""
     state = MNIST_model(**option).state_dict()
-    (key, value), = option.items()
-    with pytest.raises(ValueError, match=f"{key}={value!r}.*build it as MNIST_model\\(.*{key}={value!r}"):
+    ((key, value),) = option.items()
+    with pytest.raises(ValueError, match=f'{key}={value!r}.*build it as MNIST_model\\(.*{key}={value!r}'):
         MNIST_model().load_state_dict(state)
     MNIST_model(**option).load_state_dict(state)  # the right network loads them
 
 
 def test_importing_the_model_changes_nothing_process_wide():
-    code = ('import matplotlib, torch; matplotlib.use("svg"); import MNIST_model; '
-            'print(matplotlib.get_backend(), (torch.tensor([1e-39]) * 1.0).item() > 0)')
+    code = (
+        'import matplotlib, torch; matplotlib.use("svg"); import MNIST_model; '
+        'print(matplotlib.get_backend(), (torch.tensor([1e-39]) * 1.0).item() > 0)'
+    )
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.split() == ['svg', 'True']  # the backend the user chose, and denormals not flushed

@@ -1,4 +1,5 @@
 """Many runs at once: worker processes, the weight-decay sweep, device choice, results merged from many processes."""
+
 import json
 import os
 import signal
@@ -20,28 +21,51 @@ def test_jobs_train_every_run_with_their_share_of_the_cores(cli, tmp_path):
         assert f'Setting 2 seed {seed} | epoch   2/2' in result.stdout
         history = json.loads((tmp_path / 'out' / 'setting_2' / f'seed_{seed}' / 'history.json').read_text())
         assert history['seed'] == seed and history['threads'] == max(1, torch.get_num_threads() // 2)
-    sequential = cli('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2', '--device', 'cpu',
-                     out=tmp_path / 'seq')
+    sequential = cli(
+        'MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2', '--device', 'cpu', out=tmp_path / 'seq'
+    )
     assert sequential.returncode == 0
-    assert json.loads((tmp_path / 'seq' / 'setting_2' / 'seed_0' / 'history.json').read_text())['threads'] == \
-        torch.get_num_threads()  # one run at a time uses every core
+    assert (
+        json.loads((tmp_path / 'seq' / 'setting_2' / 'seed_0' / 'history.json').read_text())['threads']
+        == torch.get_num_threads()
+    )  # one run at a time uses every core
     for seed in (0, 1):  # the same runs, up to the order of floating-point sums
         parallel, alone = (history_without_times(tmp_path / out, f'2/seed_{seed}') for out in ('out', 'seq'))
         assert [e['train_loss'] for e in parallel] == pytest.approx([e['train_loss'] for e in alone], rel=1e-4)
 
 
 def test_ctrl_c_stops_every_job_keeps_their_epochs_and_prints_one_resume_command(big_data, tmp_path, cli):
-    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', '2', '--seeds', '2', '--epochs', '1000',
-           '--jobs', '2', '--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'out')]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'MNIST_train.py'),
+        '--setting',
+        '2',
+        '--seeds',
+        '2',
+        '--epochs',
+        '1000',
+        '--jobs',
+        '2',
+        '--device',
+        'cpu',
+        '--data-dir',
+        str(big_data),
+        '--out-dir',
+        str(tmp_path / 'out'),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'}
+    )
     started = set()
     for line in proc.stdout:
         started.add(line.split(' |')[0])
         if len(started) == 2:  # both workers have finished an epoch
             break
-    workers = [pid for pid in os.listdir('/proc')
-               if pid.isdigit() and read(f'/proc/{pid}/stat').rsplit(')', 1)[1].split()[1:2] == [str(proc.pid)]]
+    workers = [
+        pid
+        for pid in os.listdir('/proc')
+        if pid.isdigit() and read(f'/proc/{pid}/stat').rsplit(')', 1)[1].split()[1:2] == [str(proc.pid)]
+    ]
     assert len(workers) == 2
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -85,10 +109,29 @@ def test_weight_decay_sweep_rows():
 def test_sweep_report_and_plot_merge_runs_written_by_separate_processes(tmp_path, data_dir, cli):
     """Three processes, as three tasks of a cluster job array, write into one output folder at the same time."""
     names = ['Adam-0', 'Adam-0.01', 'AdamW-0.01']
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', name, '--seeds', '2',
-                               '--epochs', '1', '--device', 'cpu', '--data-dir', str(data_dir),
-                               '--out-dir', str(tmp_path / 'out')], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name in names]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, 'MNIST_train.py'),
+                '--setting',
+                name,
+                '--seeds',
+                '2',
+                '--epochs',
+                '1',
+                '--device',
+                'cpu',
+                '--data-dir',
+                str(data_dir),
+                '--out-dir',
+                str(tmp_path / 'out'),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in names
+    ]
     assert all(p.wait(timeout=300) == 0 for p in procs)
     result = cli('MNIST_evaluation.py')
     assert result.returncode == 0, result.stderr

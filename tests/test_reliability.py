@@ -21,7 +21,7 @@ def history_without_times(out, name='2'):
 
 
 def best_state(out, name='2'):
-    path, = glob.glob(str(out / f'setting_{name}' / 'epoch_*.pth'))
+    (path,) = glob.glob(str(out / f'setting_{name}' / 'epoch_*.pth'))
     return os.path.basename(path), torch.load(path, weights_only=True)['model_state_dict']
 
 
@@ -38,17 +38,34 @@ def assert_clean_error(result, *phrases):
 
 
 def reference_run(data, out):
-    assert MNIST_train.main(['--setting', '2', '--epochs', '5', '--device', 'cpu',
-                             '--data-dir', str(data), '--out-dir', str(out)]) == 0
+    assert (
+        MNIST_train.main(
+            ['--setting', '2', '--epochs', '5', '--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
+        )
+        == 0
+    )
     return history_without_times(out), best_state(out)
 
 
 def interrupt_after_epoch(data, out, sig, epoch=2):
     """Start training in a subprocess and send it `sig` once `epoch` epochs are finished."""
-    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', '2', '--epochs', '5',
-           '--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'MNIST_train.py'),
+        '--setting',
+        '2',
+        '--epochs',
+        '5',
+        '--device',
+        'cpu',
+        '--data-dir',
+        str(data),
+        '--out-dir',
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'}
+    )
     for line in proc.stdout:
         if f'epoch   {epoch}/5' in line:
             proc.send_signal(sig)
@@ -58,8 +75,21 @@ def interrupt_after_epoch(data, out, sig, epoch=2):
 
 
 def resume(data, out):
-    return MNIST_train.main(['--setting', '2', '--epochs', '5', '--device', 'cpu', '--resume',
-                             '--data-dir', str(data), '--out-dir', str(out)])
+    return MNIST_train.main(
+        [
+            '--setting',
+            '2',
+            '--epochs',
+            '5',
+            '--device',
+            'cpu',
+            '--resume',
+            '--data-dir',
+            str(data),
+            '--out-dir',
+            str(out),
+        ]
+    )
 
 
 def test_resume_after_sigkill_gives_the_same_run(big_data, tmp_path):
@@ -83,7 +113,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(big_data, tmp_path):
     assert_same_state(best_state(tmp_path / 'out'), expected[1])
 
 
-KILL_DURING_WRITE = '''
+KILL_DURING_WRITE = """
 import os, signal
 real_replace, writes = os.replace, []
 def replace(src, dst):
@@ -92,7 +122,7 @@ def replace(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)  # the new state is written to its temp file, not yet in place
     real_replace(src, dst)
 os.replace = replace
-'''
+"""
 
 
 def test_kill_during_a_checkpoint_write_loses_nothing(harness, data_dir, tmp_path):
@@ -121,17 +151,20 @@ def test_existing_results_are_not_overwritten(cli, tmp_path):
     assert len(json.loads((folder / 'history.json').read_text())['epochs']) == 1
 
 
-@pytest.mark.parametrize('args, phrase', [
-    (['--setting', '99'], "unknown setting '99'"),
-    (['--setting', 'five'], "unknown setting 'five'"),
-    (['--setting', '1', '--epochs', '0'], "'0' is not a whole number of at least 1"),
-    (['--setting', '1', '--epochs', 'ten'], "'ten' is not a whole number"),
-    (['--setting', '1', '--seed', '-1'], "'-1' is not a whole number of at least 0"),
-    (['--setting', '1', '--seeds', '0'], "'0' is not a whole number of at least 1"),
-    (['--setting', '1', '--jobs', '0'], "'0' is not a whole number of at least 1"),
-    (['--setting', '1', '--device', 'tpu'], "unknown device 'tpu'"),
-    (['--epochs', '3'], 'required: --setting'),
-])
+@pytest.mark.parametrize(
+    'args, phrase',
+    [
+        (['--setting', '99'], "unknown setting '99'"),
+        (['--setting', 'five'], "unknown setting 'five'"),
+        (['--setting', '1', '--epochs', '0'], "'0' is not a whole number of at least 1"),
+        (['--setting', '1', '--epochs', 'ten'], "'ten' is not a whole number"),
+        (['--setting', '1', '--seed', '-1'], "'-1' is not a whole number of at least 0"),
+        (['--setting', '1', '--seeds', '0'], "'0' is not a whole number of at least 1"),
+        (['--setting', '1', '--jobs', '0'], "'0' is not a whole number of at least 1"),
+        (['--setting', '1', '--device', 'tpu'], "unknown device 'tpu'"),
+        (['--epochs', '3'], 'required: --setting'),
+    ],
+)
 def test_bad_arguments(cli, tmp_path, args, phrase):
     assert_clean_error(cli('MNIST_train.py', *args), phrase)
     assert not (tmp_path / 'out').exists()
@@ -157,7 +190,7 @@ def test_damaged_idx_files(cli, data_dir, damage):
     if damage == 'magic':
         images.write_bytes(b'\x12\x34\x56\x78' + data[4:])
     elif damage == 'truncated':
-        images.write_bytes(data[:len(data) // 2])
+        images.write_bytes(data[: len(data) // 2])
     elif damage == 'empty':
         images.write_bytes(b'')
     else:
@@ -181,8 +214,15 @@ def damage_checkpoint(path, kind):
     elif kind == 'foreign keys':
         torch.save({'weights': good['model_state_dict']}, path)
     elif kind == 'wrong shapes':
-        torch.save({**good, 'model_state_dict': {k: v[..., :3] if torch.is_tensor(v) and v.dim() else v
-                                                 for k, v in good['model_state_dict'].items()}}, path)
+        torch.save(
+            {
+                **good,
+                'model_state_dict': {
+                    k: v[..., :3] if torch.is_tensor(v) and v.dim() else v for k, v in good['model_state_dict'].items()
+                },
+            },
+            path,
+        )
     else:
         path.write_bytes(pickle.dumps({'epoch': 1, 'model_state_dict': Exploit()}))
 
@@ -190,9 +230,24 @@ def damage_checkpoint(path, kind):
 @pytest.mark.parametrize('kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'pickled code'])
 def test_damaged_checkpoint_is_skipped(cli, data_dir, tmp_path, kind):
     for name in ('1', '2'):
-        assert MNIST_train.main(['--setting', name, '--epochs', '1', '--device', 'cpu',
-                                 '--data-dir', str(data_dir), '--out-dir', str(tmp_path / 'out')]) == 0
-    path, = (tmp_path / 'out' / 'setting_1').glob('epoch_*.pth')
+        assert (
+            MNIST_train.main(
+                [
+                    '--setting',
+                    name,
+                    '--epochs',
+                    '1',
+                    '--device',
+                    'cpu',
+                    '--data-dir',
+                    str(data_dir),
+                    '--out-dir',
+                    str(tmp_path / 'out'),
+                ]
+            )
+            == 0
+        )
+    (path,) = (tmp_path / 'out' / 'setting_1').glob('epoch_*.pth')
     damage_checkpoint(path, kind)
     result = cli('MNIST_evaluation.py')
     assert_clean_error(result, 'Setting 1: skipped', str(path))
@@ -226,14 +281,14 @@ def test_unwritable_output_folder(cli, tmp_path):
     assert blocker.read_text() == 'not a folder'
 
 
-DIVERGE_AT_3 = '''
+DIVERGE_AT_3 = """
 import math, MNIST_train
 real_train, epochs = MNIST_train.train, []
 def train(*args):
     epochs.append(1)
     return math.nan if len(epochs) == 3 else real_train(*args)
 MNIST_train.train = train
-'''
+"""
 
 
 def test_divergence_stops_the_setting_and_keeps_the_best(harness, tmp_path):
@@ -246,10 +301,16 @@ def test_divergence_stops_the_setting_and_keeps_the_best(harness, tmp_path):
 
 def test_training_never_reads_the_test_split(data_dir, tmp_path):
     """Random bytes in place of the test files leave training's result unchanged."""
+
     def train_on(data, out):
-        assert MNIST_train.main(['--setting', '2', '--epochs', '3', '--device', 'cpu',
-                                 '--data-dir', str(data), '--out-dir', str(out)]) == 0
+        assert (
+            MNIST_train.main(
+                ['--setting', '2', '--epochs', '3', '--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
+            )
+            == 0
+        )
         return best_state(out)
+
     first = train_on(data_dir, tmp_path / 'a')
     raw = data_dir / 'MNIST' / 'raw'
     write_idx(raw / 't10k-images-idx3-ubyte', torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8))
@@ -257,7 +318,7 @@ def test_training_never_reads_the_test_split(data_dir, tmp_path):
     assert_same_state(train_on(data_dir, tmp_path / 'b'), first)
 
 
-CTRL_C_AT_3 = '''
+CTRL_C_AT_3 = """
 import MNIST_train
 real_train, epochs = MNIST_train.train, []
 def train(*args):
@@ -266,7 +327,7 @@ def train(*args):
         raise KeyboardInterrupt
     return real_train(*args)
 MNIST_train.train = train
-'''
+"""
 
 
 def test_resume_with_schedule_and_distortions(harness, tmp_path):
@@ -279,11 +340,11 @@ def test_resume_with_schedule_and_distortions(harness, tmp_path):
     assert_same_state(best_state(tmp_path / 'out', 'best'), best_state(tmp_path / 'ref', 'best'))
 
 
-FILE_SIZE_LIMIT = '''
+FILE_SIZE_LIMIT = """
 import resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
-'''
+"""
 
 
 def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(harness, data_dir, tmp_path):
@@ -304,10 +365,23 @@ def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(har
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_data, tmp_path, cli):
-    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', '2', '--epochs', '1000',
-           '--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'out')]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'MNIST_train.py'),
+        '--setting',
+        '2',
+        '--epochs',
+        '1000',
+        '--device',
+        'cpu',
+        '--data-dir',
+        str(big_data),
+        '--out-dir',
+        str(tmp_path / 'out'),
+    ]
+    first = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'}
+    )
     assert 'epoch   1/1000' in first.stdout.readline()  # the first run is writing
     for extra in ([], ['--resume'], ['--force']):
         second = cli('MNIST_train.py', '--setting', '2', '--epochs', '2', *extra, data=big_data)
@@ -327,8 +401,12 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(cli, 
     path.write_bytes(sigmoid.read_bytes())  # Setting 5's sigmoid network, copied in as Setting 1's
     (out / 'setting_5' / 'history.json').write_text('{"epochs": [')
     result = cli('MNIST_evaluation.py')
-    assert_clean_error(result, f'Setting 1: skipped: {path} does not fit its run', "activation='sigmoid'",
-                       'history.json is missing or damaged')
+    assert_clean_error(
+        result,
+        f'Setting 1: skipped: {path} does not fit its run',
+        "activation='sigmoid'",
+        'history.json is missing or damaged',
+    )
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
 
 
@@ -341,12 +419,12 @@ def test_closed_output_pipe_ends_quietly(cli, tmp_path):
     assert result.returncode == 1 and result.stderr == ''  # no BrokenPipeError traceback
 
 
-CTRL_C_IN_EVALUATION = '''
+CTRL_C_IN_EVALUATION = """
 import os, signal, MNIST_evaluation
 def data_load(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, while the test split is read
 MNIST_evaluation.data_load = data_load
-'''
+"""
 
 
 def test_ctrl_c_in_evaluation(harness):

@@ -47,7 +47,7 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
 
 def test_checkpoint_loads_the_skeleton_way(cli, tmp_path, data_dir):
     assert cli('MNIST_train.py', '--setting', '1', '--epochs', '2').returncode == 0
-    path, = glob.glob(str(tmp_path / 'out' / 'setting_1' / 'epoch_*.pth'))
+    (path,) = glob.glob(str(tmp_path / 'out' / 'setting_1' / 'epoch_*.pth'))
     checkpoint = torch.load(path, weights_only=True)
     model = MNIST_model()
     model.load_state_dict(checkpoint['model_state_dict'])
@@ -80,8 +80,25 @@ def test_prediction_is_in_eval_mode_without_gradients():
 
 
 def run_history(data_dir, out, seed):
-    assert MNIST_train.main(['--setting', '4', '--epochs', '3', '--seed', str(seed), '--device', 'cpu',
-                             '--data-dir', str(data_dir), '--out-dir', str(out)]) == 0
+    assert (
+        MNIST_train.main(
+            [
+                '--setting',
+                '4',
+                '--epochs',
+                '3',
+                '--seed',
+                str(seed),
+                '--device',
+                'cpu',
+                '--data-dir',
+                str(data_dir),
+                '--out-dir',
+                str(out),
+            ]
+        )
+        == 0
+    )
     epochs = json.loads((out / 'setting_4' / 'history.json').read_text())['epochs']
     return [{k: v for k, v in e.items() if k != 'seconds'} for e in epochs]
 
@@ -149,8 +166,10 @@ def test_fast_path_matches_a_plain_loop():
 def old_distort(x, strength, elastic):
     """The distortion as the code computed it before warp(): F.affine_grid, F.interpolate, two draws of noise."""
     b = len(x)
+
     def uniform(size):
         return (torch.rand(b) * 2 - 1) * size * strength
+
     angle, scale, shear = uniform(0.2), 1 + uniform(0.1), uniform(0.1)
     cos, sin = angle.cos() * scale, angle.sin() * scale
     theta = torch.stack([cos, shear - sin, uniform(0.15), sin, cos, uniform(0.15)], 1).view(b, 2, 3)
