@@ -15,23 +15,9 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from MNIST_model import (
-    Config,
-    add_common_args,
-    best_checkpoint,
-    data_load,
-    fail,
-    load_checkpoint,
-    load_model,
-    plot_val_accuracy,
-    predict,
-    run_dir,
-    run_script,
-    save_atomic,
-    save_figure,
-    setting,
-    start_process,
-)
+from MNIST_model import Config, add_common_args, build_model, data_load, predict, setting
+from MNIST_train import plot_val_accuracy
+from runs import best_checkpoint, fail, load_checkpoint, run_dir, run_script, save_atomic, save_figure, start_process
 
 COLUMNS = (
     'Batch_size',
@@ -57,6 +43,18 @@ NAMES = {
     'he': 'He',
     'xavier': 'Xavier',
 }
+
+
+def load_model(checkpoint, path, hyper, device='cpu'):
+    """The network of a run's hyperparameters with the weights of its checkpoint; ValueError says what is wrong."""
+    model = build_model({**Config.base, **hyper}).to(device)
+    try:
+        model.load_state_dict(checkpoint['model_state_dict'])
+    except ValueError as e:  # the checkpoint's network differs from the run's
+        raise ValueError(f'{path} does not fit its run: {e}') from None
+    except (RuntimeError, KeyError, TypeError):
+        raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
+    return model
 
 
 def runs_of(out_dir, name):

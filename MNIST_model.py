@@ -1,36 +1,18 @@
 """MNIST 4-layer perceptron: data, model, settings, and the helpers both scripts share."""
 
 import argparse
-import errno
-import functools
-import glob
-import io
 import os
-import pickle
-import sys
 from functools import partial
 
-import matplotlib
-import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision import datasets
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
+from runs import fail, parse_device
+from warps import deskew
+
 RAW_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
-
-
-def start_process():
-    """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
-    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero."""
-    matplotlib.use('Agg')
-    torch.set_flush_denormal(True)
-
-
-def fail(message):
-    """Stop with one plain sentence and exit status 1, no traceback."""
-    raise SystemExit(f'error: {message}')
 
 
 def read_idx(path):
@@ -83,41 +65,6 @@ ACTIVATIONS = {
     'maxout': partial(nn.MaxPool1d, 2),
 }
 INITS = {'he': partial(nn.init.kaiming_normal_, nonlinearity='relu'), 'xavier': nn.init.xavier_normal_}
-
-
-@functools.cache
-def warp_basis(device):
-    """[19, 784]: each output pixel's x, y (in [-1, 1]) and 1, then 16 smooth bumps (4x4 control points
-    upsampled bicubically) for elastic fields. A warp's sampling positions are coefficients [B, 2, k] @ basis[:k]."""
-    pos = (torch.arange(28.0, device=device) * 2 - 27) / 28  # pixel centres, as grid_sample reads them
-    up = F.interpolate(
-        torch.eye(4, device=device)[:, None, :, None], size=(28, 1), mode='bicubic', align_corners=False
-    )[:, 0, :, 0].T  # [28, 4]: bicubic upsampling is linear
-    bumps = torch.einsum('ia,jb->abij', up, up).reshape(16, 784)
-    return torch.cat([pos.repeat(28)[None], pos.repeat_interleave(28)[None], torch.ones(1, 784, device=device), bumps])
-
-
-def warp(x, coef):
-    """Images [B, 784] resampled bilinearly: output pixel p reads the input at coef[b] @ warp_basis[:, p]."""
-    b, k = coef.shape[0], coef.shape[2]
-    grid = (coef.reshape(2 * b, k) @ warp_basis(x.device)[:k]).view(b, 2, 784).transpose(1, 2)
-    return F.grid_sample(x.view(b, 1, 28, 28), grid.reshape(b, 28, 28, 2), align_corners=False).view(b, 784)
-
-
-def deskew(x):
-    """Images [B, 784] sheared so that their main stroke stands upright and shifted so that their centre of mass
-    is the image centre, both read off the intensity moments: a classic normalisation of handwritten digits."""
-    b = len(x)
-    image = x.view(b, 28, 28)
-    pos = torch.arange(28, dtype=x.dtype, device=x.device) - 13.5  # pixel positions from the image centre
-    rows, cols = image.sum(2), image.sum(1)
-    mass = rows.sum(1).clamp_min(1e-6)
-    mean_r, mean_c = rows @ pos / mass, cols @ pos / mass
-    dr, dc = pos - mean_r[:, None], pos - mean_c[:, None]
-    var_r = (rows * dr.square()).sum(1) / mass
-    slant = torch.einsum('bij,bi,bj->b', image, dr, dc) / mass / var_r.clamp_min(1e-6)  # column shift per row
-    one, zero = torch.ones_like(slant), torch.zeros_like(slant)
-    return warp(x, torch.stack([one, slant, mean_c / 14, zero, one, mean_r / 14], 1).view(b, 2, 3))
 
 
 class MNIST_model(nn.Module):
@@ -262,20 +209,6 @@ def parse_setting(text):
     return [names[text]]
 
 
-def parse_device(text):
-    """argparse type: 'auto' (the accelerator: CUDA, MPS, XPU..., when there is one, else the CPU) or a device."""
-    accelerator = torch.accelerator.current_accelerator(check_available=True)
-    try:
-        device = accelerator or torch.device('cpu') if text == 'auto' else torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f'unknown device {text!r}; use auto, cpu, cuda, mps, xpu or cuda:N') from None
-    if device.type != 'cpu' and (
-        device.type != getattr(accelerator, 'type', None) or (device.index or 0) >= torch.accelerator.device_count()
-    ):
-        raise argparse.ArgumentTypeError(f'{text}: no such device here; use --device cpu')
-    return device
-
-
 def add_common_args(parser, required, setting_help):
     parser.add_argument('--setting', type=parse_setting, required=required, help=setting_help)
     parser.add_argument(
@@ -304,99 +237,3 @@ def predict(model, x, straightened=False, batch_size=10_000):
     """Logits for every image, in eval mode; straightened images skip the model's deskewing."""
     model.eval()
     return torch.cat([(model.classify if straightened else model)(part) for part in x.split(batch_size)])
-
-
-def run_dir(out_dir, name, seed=None):
-    """Folder of one setting's results; one sub-folder per seed when several seeds are run."""
-    path = os.path.join(out_dir, f'setting_{name}')
-    return path if seed is None else os.path.join(path, f'seed_{seed}')
-
-
-def best_checkpoint(folder):
-    """The saved best-epoch checkpoint of a run, or None."""
-    paths = glob.glob(os.path.join(folder, 'epoch_*.pth'))
-    return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
-
-
-def save_atomic(path, write):
-    """Write a file so that it is either complete or as it was: write(buffer) in memory, then a temp file, fsync,
-    rename. An OSError (a full disk, say) names the file."""
-    buffer, tmp = io.BytesIO(), f'{path}.{os.getpid()}.tmp'
-    write(buffer)
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_figure(fig, path):
-    save_atomic(path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'))
-    plt.close(fig)
-
-
-def run_script(main):
-    """Run a script's main(): quiet when the reader of its output goes away (| head), 130 on Ctrl-C, and one
-    sentence for a failed write."""
-    try:
-        code = main()
-        sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
-        return code
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
-        return 1
-    except KeyboardInterrupt:
-        print('\nInterrupted.', file=sys.stderr)
-        return 130
-    except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
-        full = e.errno in (errno.ENOSPC, errno.EFBIG)
-        fail(
-            f'cannot write {e.filename}: '
-            + (
-                e.strerror
-                if not full
-                else 'the disk is full; free some space, then run again (training with --resume continues)'
-            )
-        )
-
-
-def load_checkpoint(path, device='cpu'):
-    """Read a checkpoint safely (tensors and plain values only); ValueError says what is wrong."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f'{path} holds more than tensors and plain values; refused, it could run code') from None
-    except Exception:
-        raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
-    if not isinstance(checkpoint, dict) or 'model_state_dict' not in checkpoint or 'epoch' not in checkpoint:
-        raise ValueError(f'{path} is not a checkpoint of this project (no epoch or model_state_dict)')
-    return checkpoint
-
-
-def load_model(checkpoint, path, hyper, device='cpu'):
-    """The network of a run's hyperparameters with the weights of its checkpoint; ValueError says what is wrong."""
-    model = build_model({**Config.base, **hyper}).to(device)
-    try:
-        model.load_state_dict(checkpoint['model_state_dict'])
-    except ValueError as e:  # the checkpoint's network differs from the run's
-        raise ValueError(f'{path} does not fit its run: {e}') from None
-    except (RuntimeError, KeyError, TypeError):
-        raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
-    return model
-
-
-def plot_val_accuracy(ax, history, title):
-    """Validation accuracy per epoch with the early-stopping epoch marked."""
-    acc = [100 * e['val_accuracy'] for e in history['epochs']]
-    best = history['best_epoch']
-    ax.plot(range(1, len(acc) + 1), acc)
-    ax.plot(best, acc[best - 1], 'o', color='tab:red', label=f'best: epoch {best}, {acc[best - 1]:.2f}%')
-    ax.set(title=title, xlabel='epoch', ylabel='validation accuracy (%)')
-    ax.grid(alpha=0.3)
-    ax.legend(loc='lower right')

@@ -6,12 +6,8 @@ python MNIST_train.py --setting all      # the assignment's four settings
 
 import argparse
 import functools
-import glob
-import json
 import math
-import multiprocessing
 import os
-import signal
 import sys
 import time
 
@@ -19,44 +15,22 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
-from MNIST_model import (
-    Config,
-    add_common_args,
+from MNIST_model import Config, add_common_args, build_model, data_load, generate_batch, predict, setting
+from runs import (
     best_checkpoint,
-    build_model,
-    data_load,
-    fail,
-    generate_batch,
-    load_checkpoint,
-    plot_val_accuracy,
-    predict,
+    count,
+    resume,
     run_dir,
     run_script,
-    save_atomic,
+    save_epoch,
     save_figure,
-    setting,
     start_process,
-    warp,
+    start_run,
+    train_runs,
 )
+from warps import distort
 
 OPTIMIZERS = {'Adadelta': torch.optim.Adadelta, 'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW}
-RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
-
-
-def count(minimum):
-    """argparse type: a whole number of at least `minimum`."""
-
-    def parse(text):
-        if not text.isdigit() or int(text) < minimum:
-            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
-        return int(text)
-
-    return parse
 
 
 def parse_args(argv):
@@ -110,22 +84,6 @@ def make_optimizer(model, hyper, steps_per_epoch):
     return optimizer, None
 
 
-def distort(x, hyper):
-    """Randomly warped copies of a batch of images [B, 784]: affine (rotation, scale, shear, shift) and elastic."""
-    b, device = len(x), x.device
-
-    def uniform(size):
-        return (torch.rand(b, device=device) * 2 - 1) * size * hyper['distort']
-
-    angle, scale, shear = uniform(0.2), 1 + uniform(0.1), uniform(0.1)
-    cos, sin = angle.cos() * scale, angle.sin() * scale
-    shift = 0 if hyper['deskew'] else 0.15  # deskewing centres every image: shifting would only add noise
-    coef = torch.stack([cos, shear - sin, uniform(shift), sin, cos, uniform(shift)], 1).view(b, 2, 3)
-    if hyper['elastic']:  # a smooth random displacement field, in pixels (2 / 28 grid units per pixel)
-        coef = torch.cat([coef, torch.randn(b, 2, 16, device=device) * (hyper['elastic'] * 2 / 28)], 2)
-    return warp(x, coef)
-
-
 def make_step(model, optimizer, hyper):
     """One optimisation step on a mini-batch (warped first if the setting says so); returns the batch's loss."""
 
@@ -150,91 +108,6 @@ def train(model, step, x, y, batch_size, scheduler=None):
         if scheduler:
             scheduler.step()
     return torch.stack(losses).mean().item()
-
-
-def start_run(folder, args):
-    """Lock and check a run's folder: one run writes it at a time, and results are only overwritten when asked.
-    Returns the lock, which the operating system releases when this process ends, however it ends."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, '.lock'), 'w')
-    except OSError as e:
-        fail(f'cannot create the output folder {folder}: {e.strerror}')
-    if fcntl:  # no lock on Windows
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fail(f'another run is writing {folder}; wait until it ends or stop it')
-    for tmp in glob.glob(os.path.join(folder, '*.tmp')):  # left by a run that was killed while writing
-        os.remove(tmp)
-    old = [p for pattern in RESULTS for p in glob.glob(os.path.join(folder, pattern))]
-    if args.force:
-        for p in old:
-            os.remove(p)
-    elif old and not args.resume:
-        fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
-    return lock
-
-
-def run_identity(history):
-    """What a resumed run must share with the saved one; epochs only count when the lr schedule spans them."""
-    h = history['hyperparameters']
-    return {**h, 'epochs': h['epochs'] if h['schedule'] else None}, history['seed']
-
-
-def resume(folder, model, optimizer, scheduler, history):
-    """Load the state after the last finished epoch, if there is one; returns the history so far."""
-    path = os.path.join(folder, 'last.pth')
-    if not os.path.exists(path):
-        return history
-    try:
-        state = load_checkpoint(path)
-        same = run_identity(state['history']) == run_identity(history)
-        model.load_state_dict(state['model_state_dict'])
-        optimizer.load_state_dict(state['optimizer_state_dict'])
-        if scheduler:
-            scheduler.load_state_dict(state['scheduler_state_dict'])
-        torch.set_rng_state(state['rng_state'])
-    except (ValueError, KeyError, RuntimeError) as e:
-        fail(f'cannot resume from {path} ({e}); pass --force to start over')
-    if not same:
-        fail(
-            f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
-            'other epochs too); pass --force to start over'
-        )
-    return {**state['history'], 'hyperparameters': history['hyperparameters']}
-
-
-def save_epoch(folder, model, optimizer, scheduler, history, improved):
-    """Best checkpoint (if improved), then the resumable state and the history, each written atomically."""
-    epoch = len(history['epochs'])
-    if improved:
-        best = os.path.join(folder, f'epoch_{epoch}.pth')
-        save_atomic(
-            best,
-            lambda f: torch.save(
-                {
-                    'epoch': epoch,
-                    'model_state_dict': model.state_dict(),
-                    'hyperparameters': history['hyperparameters'],
-                    'val_accuracy': history['best_val_accuracy'],
-                },
-                f,
-            ),
-        )
-        for old in glob.glob(os.path.join(folder, 'epoch_*.pth')):
-            if old != best:
-                os.remove(old)
-    state = {
-        'epoch': epoch,
-        'model_state_dict': model.state_dict(),
-        'history': history,
-        'optimizer_state_dict': optimizer.state_dict(),
-        'rng_state': torch.get_rng_state(),
-        'scheduler_state_dict': scheduler.state_dict() if scheduler else None,
-    }
-    save_atomic(os.path.join(folder, 'last.pth'), lambda f: torch.save(state, f))
-    save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
 @functools.cache
@@ -304,38 +177,15 @@ def train_setting(name, seed, folder, args):
     return True
 
 
-def train_share(runs, args, threads):
-    """A worker process: its share of the runs, one after another, on its share of the cores."""
-    start_process()
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops every worker
-    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
-    sys.exit(run_script(lambda: 0 if all([train_setting(*run, args) for run in runs]) else 1))
-
-
-def train_runs(runs, args):
-    """Train the runs one after another, or shared among args.jobs worker processes; True if all went well."""
-    jobs = min(args.jobs, len(runs))
-    if jobs == 1:
-        return all([train_setting(*run, args) for run in runs])
-    threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
-    torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
-    training_data(args.data_dir, args.device)  # any fault with the data shows here, once; forked workers share it
-    method = 'fork' if args.device.type == 'cpu' and sys.platform == 'linux' else 'spawn'  # CUDA survives no fork
-    workers = [
-        multiprocessing.get_context(method).Process(target=train_share, args=(runs[i::jobs], args, threads))
-        for i in range(jobs)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        for worker in workers:
-            worker.join()
-    finally:  # also on Ctrl-C: stop every worker
-        for worker in workers:
-            worker.terminate()
-            worker.join()
-    return all(worker.exitcode == 0 for worker in workers)
+def plot_val_accuracy(ax, history, title):
+    """Validation accuracy per epoch with the early-stopping epoch marked."""
+    acc = [100 * e['val_accuracy'] for e in history['epochs']]
+    best = history['best_epoch']
+    ax.plot(range(1, len(acc) + 1), acc)
+    ax.plot(best, acc[best - 1], 'o', color='tab:red', label=f'best: epoch {best}, {acc[best - 1]:.2f}%')
+    ax.set(title=title, xlabel='epoch', ylabel='validation accuracy (%)')
+    ax.grid(alpha=0.3)
+    ax.legend(loc='lower right')
 
 
 def main(argv=None):
@@ -350,7 +200,7 @@ def main(argv=None):
     ]
     locks = [start_run(folder, args) for name, seed, folder in runs]
     try:
-        return 0 if train_runs(runs, args) else 1
+        return 0 if train_runs(runs, args, train_setting, training_data) else 1
     except KeyboardInterrupt:
         again = ' '.join(a for a in argv if a != '--force') + ('' if args.resume else ' --resume')
         print(

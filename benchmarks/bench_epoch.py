@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from MNIST_model import Config, MNIST_model, data_load, generate_batch, parse_device, predict, setting  # noqa: E402
+from MNIST_model import Config, MNIST_model, data_load, generate_batch, predict, setting  # noqa: E402
 from MNIST_train import make_optimizer, make_step, split_indices, train  # noqa: E402
+from runs import parse_device  # noqa: E402
 from tests.idx import write_mnist  # noqa: E402
 
 

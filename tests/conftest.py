@@ -54,8 +54,8 @@ def harness(tmp_path, data_dir):
 
     def run(script, setup, *args, data=data_dir, out=tmp_path / 'out', **kwargs):
         code = (
-            f'import sys\n{setup}\nimport {script}, MNIST_model\n'
-            f'sys.exit(MNIST_model.run_script(lambda: {script}.main(sys.argv[1:])))'
+            f'import sys\n{setup}\nimport {script}, runs\n'
+            f'sys.exit(runs.run_script(lambda: {script}.main(sys.argv[1:])))'
         )
         cmd = [sys.executable, '-c', code, *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
         env = {**os.environ, 'PYTHONPATH': ROOT}

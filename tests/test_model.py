@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from MNIST_model import ACTIVATIONS, Config, MNIST_model, deskew, setting, warp
+from MNIST_model import ACTIVATIONS, Config, MNIST_model, setting
 from tests.conftest import ROOT
+from warps import deskew, warp
 
 
 def test_default_model_is_the_assignments():

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from MNIST_model import Config, parse_device, setting
+from MNIST_model import Config, setting
+from runs import parse_device
 from tests.conftest import ROOT
 from tests.test_reliability import history_without_times
 

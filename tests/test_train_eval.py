@@ -8,8 +8,9 @@ import torch.nn.functional as F
 import MNIST_train
 from MNIST_evaluation import COLUMNS
 from MNIST_model import MNIST_model, data_load, generate_batch, predict, setting
-from MNIST_train import distort, make_optimizer, make_step, split_indices, train
+from MNIST_train import make_optimizer, make_step, split_indices, train
 from tests.idx import synthetic_digits
+from warps import distort
 
 
 def test_train_then_evaluate_fills_the_report(cli, tmp_path):

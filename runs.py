@@ -1,0 +1,254 @@
+"""Run folders and processes: clean exits, atomic files, the folder lock, the resume state, worker processes."""
+
+import argparse
+import errno
+import glob
+import io
+import json
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
+
+
+def start_process():
+    """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
+    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero."""
+    matplotlib.use('Agg')
+    torch.set_flush_denormal(True)
+
+
+def fail(message):
+    """Stop with one plain sentence and exit status 1, no traceback."""
+    raise SystemExit(f'error: {message}')
+
+
+def parse_device(text):
+    """argparse type: 'auto' (the accelerator: CUDA, MPS, XPU..., when there is one, else the CPU) or a device."""
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    try:
+        device = accelerator or torch.device('cpu') if text == 'auto' else torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f'unknown device {text!r}; use auto, cpu, cuda, mps, xpu or cuda:N') from None
+    if device.type != 'cpu' and (
+        device.type != getattr(accelerator, 'type', None) or (device.index or 0) >= torch.accelerator.device_count()
+    ):
+        raise argparse.ArgumentTypeError(f'{text}: no such device here; use --device cpu')
+    return device
+
+
+def run_dir(out_dir, name, seed=None):
+    """Folder of one setting's results; one sub-folder per seed when several seeds are run."""
+    path = os.path.join(out_dir, f'setting_{name}')
+    return path if seed is None else os.path.join(path, f'seed_{seed}')
+
+
+def best_checkpoint(folder):
+    """The saved best-epoch checkpoint of a run, or None."""
+    paths = glob.glob(os.path.join(folder, 'epoch_*.pth'))
+    return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
+
+
+def save_atomic(path, write):
+    """Write a file so that it is either complete or as it was: write(buffer) in memory, then a temp file, fsync,
+    rename. An OSError (a full disk, say) names the file."""
+    buffer, tmp = io.BytesIO(), f'{path}.{os.getpid()}.tmp'
+    write(buffer)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_figure(fig, path):
+    save_atomic(path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'))
+    plt.close(fig)
+
+
+def run_script(main):
+    """Run a script's main(): quiet when the reader of its output goes away (| head), 130 on Ctrl-C, and one
+    sentence for a failed write."""
+    try:
+        code = main()
+        sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 1
+    except KeyboardInterrupt:
+        print('\nInterrupted.', file=sys.stderr)
+        return 130
+    except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
+        full = e.errno in (errno.ENOSPC, errno.EFBIG)
+        fail(
+            f'cannot write {e.filename}: '
+            + (
+                e.strerror
+                if not full
+                else 'the disk is full; free some space, then run again (training with --resume continues)'
+            )
+        )
+
+
+def load_checkpoint(path, device='cpu'):
+    """Read a checkpoint safely (tensors and plain values only); ValueError says what is wrong."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f'{path} holds more than tensors and plain values; refused, it could run code') from None
+    except Exception:
+        raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
+    if not isinstance(checkpoint, dict) or 'model_state_dict' not in checkpoint or 'epoch' not in checkpoint:
+        raise ValueError(f'{path} is not a checkpoint of this project (no epoch or model_state_dict)')
+    return checkpoint
+
+
+def count(minimum):
+    """argparse type: a whole number of at least `minimum`."""
+
+    def parse(text):
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
+        return int(text)
+
+    return parse
+
+
+def start_run(folder, args):
+    """Lock and check a run's folder: one run writes it at a time, and results are only overwritten when asked.
+    Returns the lock, which the operating system releases when this process ends, however it ends."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = open(os.path.join(folder, '.lock'), 'w')
+    except OSError as e:
+        fail(f'cannot create the output folder {folder}: {e.strerror}')
+    if fcntl:  # no lock on Windows
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fail(f'another run is writing {folder}; wait until it ends or stop it')
+    for tmp in glob.glob(os.path.join(folder, '*.tmp')):  # left by a run that was killed while writing
+        os.remove(tmp)
+    old = [p for pattern in RESULTS for p in glob.glob(os.path.join(folder, pattern))]
+    if args.force:
+        for p in old:
+            os.remove(p)
+    elif old and not args.resume:
+        fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
+    return lock
+
+
+def run_identity(history):
+    """What a resumed run must share with the saved one; epochs only count when the lr schedule spans them."""
+    h = history['hyperparameters']
+    return {**h, 'epochs': h['epochs'] if h['schedule'] else None}, history['seed']
+
+
+def resume(folder, model, optimizer, scheduler, history):
+    """Load the state after the last finished epoch, if there is one; returns the history so far."""
+    path = os.path.join(folder, 'last.pth')
+    if not os.path.exists(path):
+        return history
+    try:
+        state = load_checkpoint(path)
+        same = run_identity(state['history']) == run_identity(history)
+        model.load_state_dict(state['model_state_dict'])
+        optimizer.load_state_dict(state['optimizer_state_dict'])
+        if scheduler:
+            scheduler.load_state_dict(state['scheduler_state_dict'])
+        torch.set_rng_state(state['rng_state'])
+    except (ValueError, KeyError, RuntimeError) as e:
+        fail(f'cannot resume from {path} ({e}); pass --force to start over')
+    if not same:
+        fail(
+            f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
+            'other epochs too); pass --force to start over'
+        )
+    return {**state['history'], 'hyperparameters': history['hyperparameters']}
+
+
+def save_epoch(folder, model, optimizer, scheduler, history, improved):
+    """Best checkpoint (if improved), then the resumable state and the history, each written atomically."""
+    epoch = len(history['epochs'])
+    if improved:
+        best = os.path.join(folder, f'epoch_{epoch}.pth')
+        save_atomic(
+            best,
+            lambda f: torch.save(
+                {
+                    'epoch': epoch,
+                    'model_state_dict': model.state_dict(),
+                    'hyperparameters': history['hyperparameters'],
+                    'val_accuracy': history['best_val_accuracy'],
+                },
+                f,
+            ),
+        )
+        for old in glob.glob(os.path.join(folder, 'epoch_*.pth')):
+            if old != best:
+                os.remove(old)
+    state = {
+        'epoch': epoch,
+        'model_state_dict': model.state_dict(),
+        'history': history,
+        'optimizer_state_dict': optimizer.state_dict(),
+        'rng_state': torch.get_rng_state(),
+        'scheduler_state_dict': scheduler.state_dict() if scheduler else None,
+    }
+    save_atomic(os.path.join(folder, 'last.pth'), lambda f: torch.save(state, f))
+    save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
+
+
+def train_share(runs, args, threads, train_setting):
+    """A worker process: its share of the runs, one after another, on its share of the cores."""
+    start_process()
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops every worker
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
+    sys.exit(run_script(lambda: 0 if all([train_setting(*run, args) for run in runs]) else 1))
+
+
+def train_runs(runs, args, train_setting, training_data):
+    """Train the runs one after another, or shared among args.jobs worker processes; True if all went well."""
+    jobs = min(args.jobs, len(runs))
+    if jobs == 1:
+        return all([train_setting(*run, args) for run in runs])
+    threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
+    torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
+    training_data(args.data_dir, args.device)  # any fault with the data shows here, once; forked workers share it
+    method = 'fork' if args.device.type == 'cpu' and sys.platform == 'linux' else 'spawn'  # CUDA survives no fork
+    workers = [
+        multiprocessing.get_context(method).Process(
+            target=train_share, args=(runs[i::jobs], args, threads, train_setting)
+        )
+        for i in range(jobs)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    finally:  # also on Ctrl-C: stop every worker
+        for worker in workers:
+            worker.terminate()
+            worker.join()
+    return all(worker.exitcode == 0 for worker in workers)
