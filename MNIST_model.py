@@ -1,49 +1,36 @@
-"""MNIST 4-layer perceptron: data, model, settings, and the helpers both scripts share."""
+"""MNIST 4-layer perceptron: the data, the model and the table of settings (Config)."""
 
-import argparse
 import os
 from functools import partial
 
 import torch
 from torch import nn
 from torchvision import datasets
-from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from runs import fail, parse_device
+from runs import fail
 from warps import deskew
 
 RAW_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 
 
-def read_idx(path):
-    """One IDX file as a uint8 tensor, read by torchvision; a clear error if it is damaged."""
-    try:
-        data = read_sn3_pascalvincent_tensor(path)
-    except Exception:
-        data = None
-    if data is None or data.dtype != torch.uint8 or data.numel() == 0:
-        fail(f'{path} is not a valid MNIST file (corrupt or truncated); replace it with the original')
-    return data
-
-
 def data_load(data_dir, train=True):
-    """One official split: images as floats [N, 784] in [0, 1], labels as int64 [N]."""
+    """One official split, read by torchvision: images as floats [N, 784] in [0, 1], labels as int64 [N]."""
     raw = os.path.join(data_dir, 'MNIST', 'raw')
     if os.path.isfile(data_dir):
         fail(f'the data folder {data_dir} is a file, not a folder')
-    first = 0 if train else 2
-    images, labels = (os.path.join(raw, f) for f in RAW_FILES[first : first + 2])
-    if not (os.path.isfile(images) and os.path.isfile(labels)):
+    if not all(os.path.isfile(os.path.join(raw, f)) for f in RAW_FILES):
         try:
-            datasets.MNIST(data_dir, train=train, download=True)
+            datasets.MNIST(data_dir, download=True)
         except Exception:
             fail(f'MNIST is not in {raw} and could not be downloaded; put the four files {", ".join(RAW_FILES)} there')
-    x, y = read_idx(images), read_idx(labels)
-    if x.shape[1:] != (28, 28) or y.dim() != 1 or len(x) != len(y) or y.max() > 9:
-        fail(
-            f'{images} and {labels} do not hold matching 28x28 images and digit labels; '
-            f'replace them with the original MNIST files'
-        )
+    try:
+        mnist = datasets.MNIST(data_dir, train=train)
+        x, y = mnist.data, mnist.targets
+    except Exception:  # torchvision's reader checks each file's header and size
+        x = y = torch.zeros(0)
+    if x.shape[1:] != (28, 28) or len(x) != len(y) or not len(y) or y.max() > 9:
+        files = ' and '.join(RAW_FILES[:2] if train else RAW_FILES[2:])
+        fail(f'{files} in {raw} are not matching MNIST images and labels; replace them with the original files')
     return x.flatten(1).float().div_(255), y.long()
 
 
@@ -53,18 +40,6 @@ def generate_batch(x, y, batch_size):
     for i in range(0, len(x), batch_size):
         idx = perm[i : i + batch_size]
         yield x.index_select(0, idx), y.index_select(0, idx)  # 2.5x faster than x[idx] on the CPU
-
-
-# maxout: the larger of each pair of neighbouring features (max-pooling a [B, F] tensor pools along F)
-ACTIVATIONS = {
-    'relu': partial(nn.ReLU, inplace=True),
-    'sigmoid': nn.Sigmoid,
-    'tanh': nn.Tanh,
-    'leaky_relu': partial(nn.LeakyReLU, 0.1),
-    'elu': nn.ELU,
-    'maxout': partial(nn.MaxPool1d, 2),
-}
-INITS = {'he': partial(nn.init.kaiming_normal_, nonlinearity='relu'), 'xavier': nn.init.xavier_normal_}
 
 
 class MNIST_model(nn.Module):
@@ -117,6 +92,18 @@ class MNIST_model(nn.Module):
 
     def forward(self, x):  # x: [B, 784] or [B, 1, 28, 28] in [0, 1]
         return self.classify(self.straighten(x.flatten(1)))
+
+
+# maxout: the larger of each pair of neighbouring features (max-pooling a [B, F] tensor pools along F)
+ACTIVATIONS = {
+    'relu': partial(nn.ReLU, inplace=True),
+    'sigmoid': nn.Sigmoid,
+    'tanh': nn.Tanh,
+    'leaky_relu': partial(nn.LeakyReLU, 0.1),
+    'elu': nn.ELU,
+    'maxout': partial(nn.MaxPool1d, 2),
+}
+INITS = {'he': partial(nn.init.kaiming_normal_, nonlinearity='relu'), 'xavier': nn.init.xavier_normal_}
 
 
 class Config:
@@ -196,36 +183,6 @@ class Config:
 def setting(name):
     """The full hyperparameters of one setting of the table."""
     return {**Config.base, **Config.settings[name]}
-
-
-def parse_setting(text):
-    """argparse type: a setting of Config.settings (number or name) or a group of them."""
-    if text in Config.groups:
-        return Config.groups[text]
-    names = {str(name): name for name in Config.settings}
-    if text not in names:
-        choices = ', '.join([*names, *Config.groups])
-        raise argparse.ArgumentTypeError(f'unknown setting {text!r}; choose from {choices}')
-    return [names[text]]
-
-
-def add_common_args(parser, required, setting_help):
-    parser.add_argument('--setting', type=parse_setting, required=required, help=setting_help)
-    parser.add_argument(
-        '--device',
-        type=parse_device,
-        default='auto',
-        help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, '
-        'mps or xpu (default auto)',
-    )
-    parser.add_argument(
-        '--data-dir', default=Config.data_dir, help=f'folder holding MNIST/raw/ (default {Config.data_dir})'
-    )
-    parser.add_argument(
-        '--out-dir',
-        default=Config.out_dir,
-        help=f'folder of checkpoints, plots and the report (default {Config.out_dir})',
-    )
 
 
 def build_model(hyper):

@@ -4,8 +4,8 @@ python MNIST_train.py --setting 2        # one row of Config.settings (MNIST_mod
 python MNIST_train.py --setting all      # the assignment's four settings
 """
 
-import argparse
 import functools
+import glob
 import math
 import os
 import sys
@@ -15,62 +15,50 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from MNIST_model import Config, add_common_args, build_model, data_load, generate_batch, predict, setting
-from runs import (
-    best_checkpoint,
-    count,
-    resume,
-    run_dir,
-    run_script,
-    save_epoch,
-    save_figure,
-    start_process,
-    start_run,
-    train_runs,
-)
+import runs
+from MNIST_model import Config, build_model, data_load, generate_batch, predict, setting
 from warps import distort
 
 OPTIMIZERS = {'Adadelta': torch.optim.Adadelta, 'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description='Train settings of the MNIST 4-layer perceptron; '
-        'each setting is a row of Config.settings in MNIST_model.py.'
-    )
-    add_common_args(
-        p,
-        required=True,
-        setting_help='setting to train: a row of Config.settings (1-4 are the '
-        "assignment's, 5-13 and 'best' extra experiments), 'all' for 1-4, 'extra' for 5-13 or 'wd' "
-        'for the weight-decay sweep',
-    )
-    p.add_argument('--epochs', type=count(1), help="epochs to train (default: the setting's, 100)")
-    p.add_argument('--seed', type=count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
-    p.add_argument(
-        '--seeds',
-        type=count(1),
-        metavar='K',
-        help='train seeds 0..K-1, each into setting_N/seed_S/, for mean and spread in the report',
-    )
-    again = p.add_mutually_exclusive_group()
-    again.add_argument('--resume', action='store_true', help='continue after the last finished epoch')
-    again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
-    p.add_argument(
-        '--jobs',
-        type=count(1),
-        default=1,
-        metavar='N',
-        help='train N runs (settings x seeds) at once in worker processes, sharing the cores (default 1)',
-    )
-    return p.parse_args(argv)
+def train(model, optimizer, scheduler, x, y, hyper):
+    """One epoch over the training images; returns the training loss averaged over all its batches."""
+    model.train()
+    losses = []
+    for xb, yb in generate_batch(x, y, hyper['batch_size']):
+        if hyper['distort'] or hyper['elastic']:
+            xb = distort(xb, hyper)
+        loss = F.cross_entropy(model.classify(xb), yb, label_smoothing=hyper['label_smoothing'])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler:
+            scheduler.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean().item()
 
 
-def split_indices(n):
-    """Fixed training and validation indices of the n training images, the same for every seed and setting."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(Config.split_seed))
-    n_val = round(n * Config.val_fraction)
-    return perm[n_val:], perm[:n_val]
+def validate(model, x, y):
+    """Loss and accuracy on the (straightened) validation images, in eval mode without gradients."""
+    logits = predict(model, x, straightened=True)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def save_best(folder, model, history):
+    """The checkpoint of the best validation epoch so far, which the evaluation reloads; the previous one goes."""
+    epoch = history['best_epoch']
+    path = os.path.join(folder, f'epoch_{epoch}.pth')
+    checkpoint = {
+        'epoch': epoch,
+        'model_state_dict': model.state_dict(),
+        'hyperparameters': history['hyperparameters'],
+        'val_accuracy': history['best_val_accuracy'],
+    }
+    runs.save_atomic(path, lambda f: torch.save(checkpoint, f))
+    for old in glob.glob(os.path.join(folder, 'epoch_*.pth')):
+        if old != path:
+            os.remove(old)
 
 
 def make_optimizer(model, hyper, steps_per_epoch):
@@ -84,30 +72,11 @@ def make_optimizer(model, hyper, steps_per_epoch):
     return optimizer, None
 
 
-def make_step(model, optimizer, hyper):
-    """One optimisation step on a mini-batch (warped first if the setting says so); returns the batch's loss."""
-
-    def step(xb, yb):
-        if hyper['distort'] or hyper['elastic']:
-            xb = distort(xb, hyper)
-        loss = F.cross_entropy(model.classify(xb), yb, label_smoothing=hyper['label_smoothing'])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
-
-
-def train(model, step, x, y, batch_size, scheduler=None):
-    """One epoch; returns the training loss averaged over all its batches."""
-    model.train()
-    losses = []
-    for xb, yb in generate_batch(x, y, batch_size):
-        losses.append(step(xb, yb))
-        if scheduler:
-            scheduler.step()
-    return torch.stack(losses).mean().item()
+def split_indices(n):
+    """Fixed training and validation indices of the n training images, the same for every seed and setting."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(Config.split_seed))
+    n_val = round(n * Config.val_fraction)
+    return perm[n_val:], perm[:n_val]
 
 
 @functools.cache
@@ -126,26 +95,24 @@ def train_setting(name, seed, folder, args):
     x_train, x_val = model.straighten(x_train), model.straighten(x_val)  # deskewed once per run, if at all
     model.fit_input(x_train)
     optimizer, scheduler = make_optimizer(model, hyper, math.ceil(len(x_train) / hyper['batch_size']))
-    history = dict(
-        setting=str(name),
-        hyperparameters=hyper,
-        seed=seed,
-        device=str(args.device),
-        threads=torch.get_num_threads(),
-        epochs=[],
-        best_epoch=0,
-        best_val_accuracy=0.0,
-        training_time=0.0,
-    )
+    history = {
+        'setting': str(name),
+        'hyperparameters': hyper,
+        'seed': seed,
+        'device': str(args.device),
+        'threads': torch.get_num_threads(),
+        'epochs': [],
+        'best_epoch': 0,
+        'best_val_accuracy': 0.0,
+        'training_time': 0.0,
+    }
     if args.resume:
-        history = resume(folder, model, optimizer, scheduler, history)
-    step = make_step(model, optimizer, hyper)
+        history = runs.load_state(folder, model, optimizer, scheduler, history)
     label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):
         start = time.perf_counter()
-        train_loss = train(model, step, x_train, y_train, hyper['batch_size'], scheduler)
-        logits = predict(model, x_val, straightened=True)
-        val_loss, val_acc = F.cross_entropy(logits, y_val).item(), (logits.argmax(1) == y_val).float().mean().item()
+        train_loss = train(model, optimizer, scheduler, x_train, y_train, hyper)
+        val_loss, val_acc = validate(model, x_val, y_val)
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             print(
@@ -155,24 +122,31 @@ def train_setting(name, seed, folder, args):
             )
             return False
         history['epochs'].append(
-            dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
+            {
+                'epoch': epoch,
+                'train_loss': train_loss,
+                'val_loss': val_loss,
+                'val_accuracy': val_acc,
+                'seconds': seconds,
+            }
         )
         history['training_time'] += seconds
         improved = val_acc > history['best_val_accuracy']
         if improved:
             history['best_epoch'], history['best_val_accuracy'] = epoch, val_acc
-        save_epoch(folder, model, optimizer, scheduler, history, improved)
+            save_best(folder, model, history)
+        runs.save_state(folder, model, optimizer, scheduler, history)
         print(
-            f'{label} | epoch {epoch:3d}/{hyper["epochs"]} | train loss {train_loss:.4f} | '
-            f'val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
+            f'{label} | epoch {epoch:3d}/{hyper["epochs"]} | train loss {train_loss:.4f} | val loss {val_loss:.4f} | '
+            f'val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
         )
     if history['best_epoch']:
         fig, ax = plt.subplots(figsize=(6, 4))
         plot_val_accuracy(ax, history, label)
-        save_figure(fig, os.path.join(folder, 'val_accuracy.png'))
+        runs.save_figure(fig, os.path.join(folder, 'val_accuracy.png'))
         print(
             f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
-            f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> {best_checkpoint(folder)}'
+            f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> {runs.best_checkpoint(folder)}'
         )
     return True
 
@@ -189,28 +163,39 @@ def plot_val_accuracy(ax, history, title):
 
 
 def main(argv=None):
-    start_process()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    runs.start_process()
+    p = runs.common_parser(
+        Config,
+        'Train settings of the MNIST 4-layer perceptron; each setting is a row of Config.settings in MNIST_model.py.',
+        required=True,
+        help="setting to train: a row of Config.settings (1-4 are the assignment's, 5-13 and 'best' extra "
+        "experiments), 'all' for 1-4, 'extra' for 5-13 or 'wd' for the weight-decay sweep",
+    )
+    p.add_argument('--epochs', type=runs.count(1), help="epochs to train (default: the setting's, 100)")
+    p.add_argument('--seed', type=runs.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
+    p.add_argument('--seeds', type=runs.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
+    again = p.add_mutually_exclusive_group()
+    again.add_argument('--resume', action='store_true', help='continue after the last finished epoch')
+    again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
+    p.add_argument('--jobs', type=runs.count(1), default=1, metavar='N', help='train N runs at once, sharing the cores')
+    args = p.parse_args(argv)
     seeds = range(args.seeds) if args.seeds else [args.seed]
-    runs = [
-        (name, seed, run_dir(args.out_dir, name, seed if args.seeds else None))
-        for name in args.setting
-        for seed in seeds
+    trainings = [
+        (name, s, runs.run_dir(args.out_dir, name, s if args.seeds else None)) for name in args.setting for s in seeds
     ]
-    locks = [start_run(folder, args) for name, seed, folder in runs]
+    locks = [runs.open_run(folder, args.resume, args.force) for _, _, folder in trainings]
     try:
-        return 0 if train_runs(runs, args, train_setting, training_data) else 1
-    except KeyboardInterrupt:
-        again = ' '.join(a for a in argv if a != '--force') + ('' if args.resume else ' --resume')
-        print(
-            f'\nInterrupted; finished epochs are saved. Continue with: python MNIST_train.py {again}', file=sys.stderr
+        train_one = functools.partial(train_setting, args=args)
+        ok = runs.run_all(
+            train_one, trainings, args.jobs, args.device, lambda: training_data(args.data_dir, args.device)
         )
-        return 130
+        return 0 if ok else 1
     finally:
         for lock in locks:
             lock.close()
 
 
 if __name__ == '__main__':
-    sys.exit(run_script(main))
+    again = [a for a in sys.argv[1:] if a != '--force'] + ([] if '--resume' in sys.argv else ['--resume'])
+    resume = f'Interrupted; finished epochs are saved. Continue with: python MNIST_train.py {" ".join(again)}'
+    sys.exit(runs.run_script(main, resume))

@@ -1,4 +1,5 @@
-"""Run folders and processes: clean exits, atomic files, the folder lock, the resume state, worker processes."""
+"""Run folders and processes: the command line both scripts share, clean exits, atomic files, the folder lock,
+the resume state and worker processes."""
 
 import argparse
 import errno
@@ -23,16 +24,27 @@ except ImportError:  # Windows
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
 
 
-def start_process():
-    """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
-    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero."""
-    matplotlib.use('Agg')
-    torch.set_flush_denormal(True)
+def common_parser(config, description, **setting):
+    """A parser with the arguments of both scripts: --setting (a row of config.settings or a group), --device,
+    --data-dir and --out-dir. `setting` holds add_argument's keywords for --setting."""
 
+    def setting_names(text):
+        names = {str(name): [name] for name in config.settings} | config.groups
+        if text not in names:
+            raise argparse.ArgumentTypeError(f'unknown setting {text!r}; choose from {", ".join(names)}')
+        return names[text]
 
-def fail(message):
-    """Stop with one plain sentence and exit status 1, no traceback."""
-    raise SystemExit(f'error: {message}')
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--setting', type=setting_names, **setting)
+    p.add_argument(
+        '--device',
+        type=parse_device,
+        default='auto',
+        help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, mps or xpu',
+    )
+    p.add_argument('--data-dir', default=config.data_dir, help=f'folder holding MNIST/raw/ (default {config.data_dir})')
+    p.add_argument('--out-dir', default=config.out_dir, help=f'folder of checkpoints and reports ({config.out_dir})')
+    return p
 
 
 def parse_device(text):
@@ -49,21 +61,51 @@ def parse_device(text):
     return device
 
 
-def run_dir(out_dir, name, seed=None):
-    """Folder of one setting's results; one sub-folder per seed when several seeds are run."""
-    path = os.path.join(out_dir, f'setting_{name}')
-    return path if seed is None else os.path.join(path, f'seed_{seed}')
+def count(minimum):
+    """argparse type: a whole number of at least `minimum`."""
+
+    def parse(text):
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
+        return int(text)
+
+    return parse
 
 
-def best_checkpoint(folder):
-    """The saved best-epoch checkpoint of a run, or None."""
-    paths = glob.glob(os.path.join(folder, 'epoch_*.pth'))
-    return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
+def start_process():
+    """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
+    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero."""
+    matplotlib.use('Agg')
+    torch.set_flush_denormal(True)
+
+
+def fail(message):
+    """Stop with one plain sentence and exit status 1, no traceback."""
+    raise SystemExit(f'error: {message}')
+
+
+def run_script(main, interrupted='Interrupted.'):
+    """Run a script's main(): quiet when the reader of its output goes away (| head); on Ctrl-C the sentence
+    `interrupted` and the status 130; one sentence for a failed write."""
+    try:
+        code = main()
+        sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 1
+    except KeyboardInterrupt:
+        print(f'\n{interrupted}', file=sys.stderr)
+        return 130
+    except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
+        full = e.errno in (errno.ENOSPC, errno.EFBIG)
+        reason = 'the disk is full; free some space, then run again (training with --resume continues)'
+        fail(f'cannot write {e.filename}: {reason if full else e.strerror}')
 
 
 def save_atomic(path, write):
-    """Write a file so that it is either complete or as it was: write(buffer) in memory, then a temp file, fsync,
-    rename. An OSError (a full disk, say) names the file."""
+    """Write a file so that it is either complete or as it was: write(buffer) in memory (so that a full disk is an
+    OSError naming the file, whatever the writer), then a temp file, fsync, rename."""
     buffer, tmp = io.BytesIO(), f'{path}.{os.getpid()}.tmp'
     write(buffer)
     try:
@@ -84,29 +126,16 @@ def save_figure(fig, path):
     plt.close(fig)
 
 
-def run_script(main):
-    """Run a script's main(): quiet when the reader of its output goes away (| head), 130 on Ctrl-C, and one
-    sentence for a failed write."""
-    try:
-        code = main()
-        sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
-        return code
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
-        return 1
-    except KeyboardInterrupt:
-        print('\nInterrupted.', file=sys.stderr)
-        return 130
-    except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
-        full = e.errno in (errno.ENOSPC, errno.EFBIG)
-        fail(
-            f'cannot write {e.filename}: '
-            + (
-                e.strerror
-                if not full
-                else 'the disk is full; free some space, then run again (training with --resume continues)'
-            )
-        )
+def run_dir(out_dir, name, seed=None):
+    """Folder of one setting's results; one sub-folder per seed when several seeds are run."""
+    path = os.path.join(out_dir, f'setting_{name}')
+    return path if seed is None else os.path.join(path, f'seed_{seed}')
+
+
+def best_checkpoint(folder):
+    """The saved best-epoch checkpoint of a run, or None."""
+    paths = glob.glob(os.path.join(folder, 'epoch_*.pth'))
+    return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
 
 
 def load_checkpoint(path, device='cpu'):
@@ -122,18 +151,7 @@ def load_checkpoint(path, device='cpu'):
     return checkpoint
 
 
-def count(minimum):
-    """argparse type: a whole number of at least `minimum`."""
-
-    def parse(text):
-        if not text.isdigit() or int(text) < minimum:
-            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
-        return int(text)
-
-    return parse
-
-
-def start_run(folder, args):
+def open_run(folder, resume, force):
     """Lock and check a run's folder: one run writes it at a time, and results are only overwritten when asked.
     Returns the lock, which the operating system releases when this process ends, however it ends."""
     try:
@@ -149,10 +167,10 @@ def start_run(folder, args):
     for tmp in glob.glob(os.path.join(folder, '*.tmp')):  # left by a run that was killed while writing
         os.remove(tmp)
     old = [p for pattern in RESULTS for p in glob.glob(os.path.join(folder, pattern))]
-    if args.force:
+    if force:
         for p in old:
             os.remove(p)
-    elif old and not args.resume:
+    elif old and not resume:
         fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
     return lock
 
@@ -163,7 +181,7 @@ def run_identity(history):
     return {**h, 'epochs': h['epochs'] if h['schedule'] else None}, history['seed']
 
 
-def resume(folder, model, optimizer, scheduler, history):
+def load_state(folder, model, optimizer, scheduler, history):
     """Load the state after the last finished epoch, if there is one; returns the history so far."""
     path = os.path.join(folder, 'last.pth')
     if not os.path.exists(path):
@@ -186,28 +204,10 @@ def resume(folder, model, optimizer, scheduler, history):
     return {**state['history'], 'hyperparameters': history['hyperparameters']}
 
 
-def save_epoch(folder, model, optimizer, scheduler, history, improved):
-    """Best checkpoint (if improved), then the resumable state and the history, each written atomically."""
-    epoch = len(history['epochs'])
-    if improved:
-        best = os.path.join(folder, f'epoch_{epoch}.pth')
-        save_atomic(
-            best,
-            lambda f: torch.save(
-                {
-                    'epoch': epoch,
-                    'model_state_dict': model.state_dict(),
-                    'hyperparameters': history['hyperparameters'],
-                    'val_accuracy': history['best_val_accuracy'],
-                },
-                f,
-            ),
-        )
-        for old in glob.glob(os.path.join(folder, 'epoch_*.pth')):
-            if old != best:
-                os.remove(old)
+def save_state(folder, model, optimizer, scheduler, history):
+    """The state after an epoch, for --resume, and the history, each written atomically."""
     state = {
-        'epoch': epoch,
+        'epoch': len(history['epochs']),
         'model_state_dict': model.state_dict(),
         'history': history,
         'optimizer_state_dict': optimizer.state_dict(),
@@ -218,37 +218,40 @@ def save_epoch(folder, model, optimizer, scheduler, history, improved):
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
-def train_share(runs, args, threads, train_setting):
-    """A worker process: its share of the runs, one after another, on its share of the cores."""
-    start_process()
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops every worker
-    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
-    sys.exit(run_script(lambda: 0 if all([train_setting(*run, args) for run in runs]) else 1))
-
-
-def train_runs(runs, args, train_setting, training_data):
-    """Train the runs one after another, or shared among args.jobs worker processes; True if all went well."""
-    jobs = min(args.jobs, len(runs))
+def run_all(train, runs, jobs, device, load_data):
+    """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went
+    well. Ctrl-C stops every worker."""
+    jobs = min(jobs, len(runs))
     if jobs == 1:
-        return all([train_setting(*run, args) for run in runs])
+        return all([train(*run) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
-    training_data(args.data_dir, args.device)  # any fault with the data shows here, once; forked workers share it
-    method = 'fork' if args.device.type == 'cpu' and sys.platform == 'linux' else 'spawn'  # CUDA survives no fork
-    workers = [
-        multiprocessing.get_context(method).Process(
-            target=train_share, args=(runs[i::jobs], args, threads, train_setting)
-        )
-        for i in range(jobs)
-    ]
+    load_data()  # any fault with the data shows here, once; forked workers share it
+    method = 'fork' if device.type == 'cpu' and sys.platform == 'linux' else 'spawn'  # CUDA survives no fork
+    context = multiprocessing.get_context(method)
+    workers = [context.Process(target=work, args=(train, runs[i::jobs], threads)) for i in range(jobs)]
     for worker in workers:
         worker.start()
     try:
         for worker in workers:
             worker.join()
-    finally:  # also on Ctrl-C: stop every worker
+    finally:
         for worker in workers:
             worker.terminate()
             worker.join()
     return all(worker.exitcode == 0 for worker in workers)
+
+
+def work(train, runs, threads):
+    """A worker process: its share of the runs, one after another, on its share of the cores."""
+    start_process()
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle: it stops every worker
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
+    sys.exit(run_script(lambda: 0 if all([train(*run) for run in runs]) else 1))
+
+
+def run_folders(out_dir, name):
+    """The folders of a setting's finished runs: one per seed, or the setting's own folder."""
+    seeds = sorted(glob.glob(os.path.join(run_dir(out_dir, name), 'seed_*')), key=lambda p: int(p.rsplit('_', 1)[1]))
+    return [p for p in seeds or [run_dir(out_dir, name)] if best_checkpoint(p)]

@@ -25,7 +25,7 @@ from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from MNIST_model import Config, MNIST_model, data_load, generate_batch, predict, setting  # noqa: E402
-from MNIST_train import make_optimizer, make_step, split_indices, train  # noqa: E402
+from MNIST_train import make_optimizer, split_indices, train  # noqa: E402
 from runs import parse_device  # noqa: E402
 from tests.idx import write_mnist  # noqa: E402
 
@@ -79,10 +79,9 @@ def project_epoch(x_train, y_train, x_val, y_val):
     model.fit_input(x_train)
     hyper = setting(2)
     optimizer, _ = make_optimizer(model, hyper, len(x_train) // Config.batch_size)
-    step = make_step(model, optimizer, hyper)
 
     def epoch():
-        train(model, step, x_train, y_train, Config.batch_size)
+        train(model, optimizer, None, x_train, y_train, hyper)
         predict(model, x_val)
 
     return epoch
