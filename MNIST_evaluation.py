@@ -12,6 +12,7 @@ import statistics
 import sys
 
 import matplotlib.pyplot as plt
+import torch
 
 import runs
 from MNIST_model import Config, build_model, data_load, predict, setting
@@ -26,7 +27,7 @@ NAMES = {
 
 
 def evaluate_run(folder, x, y, device):
-    """Test accuracy of a run's best checkpoint, with its history; ValueError says what is wrong."""
+    """Test logits and accuracy of a run's best checkpoint, with its history; ValueError says what is wrong."""
     try:
         with open(os.path.join(folder, 'history.json')) as f:
             history = json.load(f)
@@ -43,7 +44,7 @@ def evaluate_run(folder, x, y, device):
         raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
-    return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'history': history}
+    return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
 
 
 def mean_std(values, fmt):
@@ -95,6 +96,35 @@ def plot_panels(rows, path):
     runs.save_figure(fig, path)
 
 
+def plot_mistakes(result, x, y, title, out_dir):
+    """A run's confusion matrix of the test split (a picture and its counts in CSV) and its most confident
+    mistakes: the test images with their true and their predicted digit."""
+    confidence, predicted = result['logits'].softmax(1).max(1)
+    counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10).cpu()
+    save_csv(
+        os.path.join(out_dir, 'confusion_matrix.csv'),
+        [['true \\ predicted', *range(10)], *([i, *row] for i, row in enumerate(counts.tolist()))],
+    )
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.imshow(counts.log1p(), cmap='Blues')  # log shading, so that a few mistakes show beside a thousand hits
+    for i, row in enumerate(counts.tolist()):
+        for j, n in enumerate(row):
+            ax.text(j, i, n, ha='center', va='center', fontsize=8, color='white' if i == j else 'black')
+    ax.set(xticks=range(10), yticks=range(10), xlabel='predicted digit', ylabel='true digit')
+    ax.set_title(f'{title}: confusion matrix of the test split')
+    runs.save_figure(fig, os.path.join(out_dir, 'confusion_matrix.png'))
+    wrong = (predicted != y).nonzero()[:, 0]
+    worst = wrong[confidence[wrong].argsort(descending=True)[:16]].tolist()
+    fig, axes = plt.subplots(2, 8, figsize=(12, 4.2), layout='constrained')
+    for ax in axes.flat:
+        ax.axis('off')
+    for ax, i in zip(axes.flat, worst):
+        ax.imshow(x[i].view(28, 28).cpu(), cmap='gray_r')
+        ax.set_title(f'true {y[i]}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
+    fig.suptitle(f'{title}: the most confident mistakes on the test split')
+    runs.save_figure(fig, os.path.join(out_dir, 'mistakes.png'))
+
+
 def weight_decay_sweep(rows, out_dir):
     """The sweep's plot and report section: test accuracy per optimizer and lambda, mean ± std over seeds."""
     acc = {}  # optimizer -> {lambda: [test accuracy % of each seed]}
@@ -126,8 +156,8 @@ def save_csv(path, rows):
     runs.save_atomic(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def write_report(rows, out_dir):
-    """report.md and report.csv with the assignment's columns, and their plots."""
+def write_report(rows, x, y, out_dir):
+    """report.md and report.csv with the assignment's columns, and their pictures."""
     table = {n: table_row(r) for n, r in rows.items()}
     assignment = {f'Setting #{n}': table[n] for n in rows if n in Config.groups['all']}
     extra = {
@@ -135,10 +165,14 @@ def write_report(rows, out_dir):
         for n, r in rows.items()
         if n not in Config.groups['all'] + Config.groups['wd']
     }
+    best = max(rows, key=lambda n: statistics.mean(r['accuracy'] for r in rows[n]))
+    title = f'Setting #{best}' + (f' seed {rows[best][0]["history"]["seed"]}' if len(rows[best]) > 1 else '')
     body = '# MNIST 4-layer perceptron: evaluation report\n\n'
     if assignment:
         plot = '![Validation accuracy](val_accuracy.png)'
         body += f'{markdown_table(assignment)}\n\n**Validation dataset accuracy plot**\n\n{plot}\n\n'
+    body += f'**Where the best setting, {title}, goes wrong on the test split**\n\n'
+    body += '![Confusion matrix](confusion_matrix.png)\n\n![Most confident mistakes](mistakes.png)\n\n'
     if extra:
         body += f'## Additional experiments\n\n{markdown_table(extra)}\n\n'
     if any(n in rows for n in Config.groups['wd']):
@@ -149,11 +183,11 @@ def write_report(rows, out_dir):
     )
     runs.save_atomic(os.path.join(out_dir, 'report.md'), lambda f: f.write(body.encode()))
     save_csv(
-        os.path.join(out_dir, 'report.csv'),
-        [['Setting', *next(iter(table.values()))], *([n, *t.values()] for n, t in table.items())],
+        os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
     )
     panels = {n: r for n, r in rows.items() if n in Config.groups['all']} or rows
     plot_panels(panels, os.path.join(out_dir, 'val_accuracy.png'))
+    plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
 def main(argv=None):
@@ -190,7 +224,7 @@ def main(argv=None):
         runs.fail(
             f'no trained setting to evaluate in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1'
         )
-    write_report(rows, args.out_dir)
+    write_report(rows, x, y, args.out_dir)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0
 

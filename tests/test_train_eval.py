@@ -59,6 +59,12 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
         table = list(csv.reader(f))
     assert table[0] == ['Setting', *COLUMNS] and table[1][1:] == cells[1:]
     assert (tmp_path / 'out' / 'val_accuracy.png').stat().st_size > 0
+    for picture in ('confusion_matrix.png', 'mistakes.png'):  # where the best setting goes wrong
+        assert (tmp_path / 'out' / picture).stat().st_size > 0 and f']({picture})' in report
+    with open(tmp_path / 'out' / 'confusion_matrix.csv') as f:
+        counts = [[int(n) for n in row[1:]] for row in list(csv.reader(f))[1:]]
+    assert len(counts) == 10 and sum(map(sum, counts)) == 200  # every test image, once
+    assert sum(counts[i][i] for i in range(10)) == round(float(cells[12][:-1]) * 2)  # the diagonal: the accuracy
 
 
 def test_checkpoint_loads_the_skeleton_way(cli, tmp_path, data_dir):
