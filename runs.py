@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -72,11 +73,22 @@ def count(minimum):
     return parse
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a scheduler's time limit): a request to stop, raised where the program is, as
+    Ctrl-C raises KeyboardInterrupt."""
+
+
+def terminated(signum, frame):
+    raise Terminated
+
+
 def start_process():
     """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
-    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero."""
+    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero;
+    SIGTERM stops the script as Ctrl-C does."""
     matplotlib.use('Agg')
     torch.set_flush_denormal(True)
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def fail(message):
@@ -85,8 +97,8 @@ def fail(message):
 
 
 def run_script(main, interrupted='Interrupted.'):
-    """Run a script's main(): quiet when the reader of its output goes away (| head); on Ctrl-C the sentence
-    `interrupted` and the status 130; one sentence for a failed write."""
+    """Run a script's main(): quiet when the reader of its output goes away (| head); on Ctrl-C or SIGTERM the
+    sentence `interrupted` and the status 128 + the signal's number; one sentence for a failed write."""
     try:
         code = main()
         sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
@@ -94,9 +106,9 @@ def run_script(main, interrupted='Interrupted.'):
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f'\n{interrupted}', file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
         full = e.errno in (errno.ENOSPC, errno.EFBIG)
         reason = 'the disk is full; free some space, then run again (training with --resume continues)'
@@ -220,7 +232,7 @@ def save_state(folder, model, optimizer, scheduler, history):
 
 def run_all(train, runs, jobs, device, load_data):
     """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went
-    well. Ctrl-C stops every worker."""
+    well. Stopping this process (Ctrl-C, SIGTERM) stops every worker."""
     jobs = min(jobs, len(runs))
     if jobs == 1:
         return all([train(*run) for run in runs])
@@ -247,8 +259,17 @@ def work(train, runs, threads):
     start_process()
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle: it stops every worker
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by the command: every finished epoch is saved
+    threading.Thread(target=exit_with_command, daemon=True).start()
     sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
     sys.exit(run_script(lambda: 0 if all([train(*run) for run in runs]) else 1))
+
+
+def exit_with_command():
+    """End this worker as soon as its command has ended without stopping it (SIGKILL, a crash): no worker trains
+    on without its command, holding the folder's lock."""
+    multiprocessing.parent_process().join()
+    os._exit(1)
 
 
 def run_folders(out_dir, name):

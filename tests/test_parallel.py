@@ -35,62 +35,55 @@ def test_jobs_train_every_run_with_their_share_of_the_cores(cli, tmp_path):
         assert [e['train_loss'] for e in parallel] == pytest.approx([e['train_loss'] for e in alone], rel=1e-4)
 
 
-def test_ctrl_c_stops_every_job_keeps_their_epochs_and_prints_one_resume_command(big_data, tmp_path, cli):
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, 'MNIST_train.py'),
-        '--setting',
-        '2',
-        '--seeds',
-        '2',
-        '--epochs',
-        '1000',
-        '--jobs',
-        '2',
-        '--device',
-        'cpu',
-        '--data-dir',
-        str(big_data),
-        '--out-dir',
-        str(tmp_path / 'out'),
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'}
-    )
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda sig: sig.name)
+def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(big_data, tmp_path, cli, sig):
+    """Ctrl-C and SIGTERM: every worker stops and one resume command is printed. SIGKILL of the command, which
+    leaves it no chance to stop them: each worker ends by itself."""
+    args = '--setting 2 --seeds 2 --epochs 1000 --jobs 2 --device cpu'.split()
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), *args]
+    cmd += ['--data-dir', str(big_data), '--out-dir', str(tmp_path / 'out')]
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     started = set()
     for line in proc.stdout:
         started.add(line.split(' |')[0])
         if len(started) == 2:  # both workers have finished an epoch
             break
-    workers = [
-        pid
-        for pid in os.listdir('/proc')
-        if pid.isdigit() and read(f'/proc/{pid}/stat').rsplit(')', 1)[1].split()[1:2] == [str(proc.pid)]
-    ]
+    workers = [pid for pid in os.listdir('/proc') if pid.isdigit() and stat(pid)[1:2] == [str(proc.pid)]]
     assert len(workers) == 2
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and 'Traceback' not in err, err
-    assert err.count('Continue with:') == 1
-    assert err.strip().endswith(f'Continue with: python MNIST_train.py {" ".join(cmd[2:])} --resume')
-    assert not any(os.path.exists(f'/proc/{pid}') for pid in workers)  # every worker stopped
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=60)  # returns once no process writes the output: every worker ended
+    finally:
+        for pid in workers:  # whatever the result, no stray worker outlives the test
+            if stat(pid)[:1] not in ([], ['Z']):
+                os.kill(int(pid), signal.SIGKILL)
+    assert all(stat(pid)[:1] in ([], ['Z']) for pid in workers)  # gone, or a zombie: ended, not yet reaped
+    assert all(out.count(f'{label} |') <= 1 for label in started)  # no worker trained on past its epoch in flight
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 128 + sig and 'Traceback' not in err, err
+        assert err.count('Continue with:') == 1
+        assert err.strip().endswith(f'Continue with: python MNIST_train.py {" ".join(cmd[2:])} --resume')
     done = []
     for seed in (0, 1):  # everything finished is kept
         folder = tmp_path / 'out' / 'setting_2' / f'seed_{seed}'
         done.append(len(json.loads((folder / 'history.json').read_text())['epochs']))
         assert done[-1] >= 1 and torch.load(folder / 'last.pth', weights_only=True)['epoch'] == done[-1]
-    resumed = cli('MNIST_train.py', *cmd[2:6], '--epochs', max(done) + 1, *cmd[8:12], '--resume', data=big_data)
+    resumed = cli('MNIST_train.py', *args[:4], '--epochs', max(done) + 1, *args[6:], '--resume', data=big_data)
     assert resumed.returncode == 0, resumed.stderr
     for seed in (0, 1):
         assert len(history_without_times(tmp_path / 'out', f'2/seed_{seed}')) == max(done) + 1
 
 
-def read(path):
+def stat(pid):
+    """The fields of /proc/PID/stat after the command's name (state, parent, ...), or [] once it is gone."""
     try:
-        with open(path) as f:
-            return f.read()
-    except OSError:  # the process ended meanwhile
-        return ''
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return []
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason='this machine has an accelerator')

@@ -12,7 +12,7 @@ import torch
 import MNIST_train
 from MNIST_model import RAW_FILES
 from tests.conftest import ROOT
-from tests.idx import write_idx
+from tests.idx import write_idx, write_mnist
 
 
 def history_without_times(out, name='2'):
@@ -37,14 +37,15 @@ def assert_clean_error(result, *phrases):
         assert phrase in result.stderr, result.stderr
 
 
-def reference_run(data, out):
-    assert (
-        MNIST_train.main(
-            ['--setting', '2', '--epochs', '5', '--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
-        )
-        == 0
-    )
-    return history_without_times(out), best_state(out)
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    """Big synthetic data, and Setting 2 trained on it for 5 epochs without interruption: the history and best
+    checkpoint that every interrupted and resumed run must end with."""
+    data, out = tmp_path_factory.mktemp('big'), tmp_path_factory.mktemp('ref')
+    write_mnist(data / 'MNIST' / 'raw', n_train=30_000, n_test=100)
+    args = ['--setting', '2', '--epochs', '5', '--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
+    assert MNIST_train.main(args) == 0
+    return data, (history_without_times(out), best_state(out))
 
 
 def interrupt_after_epoch(data, out, sig, epoch=2):
@@ -92,23 +93,26 @@ def resume(data, out):
     )
 
 
-def test_resume_after_sigkill_gives_the_same_run(big_data, tmp_path):
-    expected = reference_run(big_data, tmp_path / 'ref')
-    code, _ = interrupt_after_epoch(big_data, tmp_path / 'out', signal.SIGKILL)
+def test_resume_after_sigkill_gives_the_same_run(reference, tmp_path):
+    data, expected = reference
+    code, _ = interrupt_after_epoch(data, tmp_path / 'out', signal.SIGKILL)
     assert code == -signal.SIGKILL
     done = len(history_without_times(tmp_path / 'out'))
     assert 2 <= done < 5  # killed mid-run, after finished epochs
-    assert resume(big_data, tmp_path / 'out') == 0
+    assert resume(data, tmp_path / 'out') == 0
     assert history_without_times(tmp_path / 'out') == expected[0]
     assert_same_state(best_state(tmp_path / 'out'), expected[1])
 
 
-def test_ctrl_c_saves_and_says_how_to_resume(big_data, tmp_path):
-    expected = reference_run(big_data, tmp_path / 'ref')
-    code, err = interrupt_after_epoch(big_data, tmp_path / 'out', signal.SIGINT)
-    assert code == 130 and 'Traceback' not in err
-    assert '--resume' in err and 'Interrupted' in err
-    assert resume(big_data, tmp_path / 'out') == 0
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=lambda sig: sig.name)
+def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig):
+    """Ctrl-C, or SIGTERM from kill, timeout or a scheduler's time limit: exit status 128 + the signal's number."""
+    data, expected = reference
+    code, err = interrupt_after_epoch(data, tmp_path / 'out', sig)
+    assert code == 128 + sig and 'Traceback' not in err
+    assert 'Interrupted; finished epochs are saved. Continue with: python MNIST_train.py --setting 2' in err
+    assert err.strip().endswith('--resume')
+    assert resume(data, tmp_path / 'out') == 0
     assert history_without_times(tmp_path / 'out') == expected[0]
     assert_same_state(best_state(tmp_path / 'out'), expected[1])
 
