@@ -4,8 +4,6 @@ python MNIST_evaluation.py               # every trained setting under saved_mod
 python MNIST_evaluation.py --setting 2   # one setting
 """
 
-import csv
-import io
 import json
 import os
 import statistics
@@ -18,12 +16,8 @@ import runs
 from MNIST_model import Config, build_model, data_load, predict, setting
 from MNIST_train import plot_val_accuracy
 
-NAMES = {
-    'relu': 'ReLU',
-    'leaky_relu': 'Leaky ReLU (0.1)',
-    'elu': 'ELU',
-    'maxout': 'Maxout (2)',
-}  # the others: capitalized
+# How the report writes activations; the others, and initialisations, are capitalized
+NAMES = {'relu': 'ReLU', 'leaky_relu': 'Leaky ReLU (0.1)', 'elu': 'ELU', 'maxout': 'Maxout (2)'}
 
 
 def evaluate_run(folder, x, y, device):
@@ -34,14 +28,7 @@ def evaluate_run(folder, x, y, device):
         model = build_model({**Config.base, **history['hyperparameters']}).to(device)
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again') from None
-    path = runs.best_checkpoint(folder)
-    checkpoint = runs.load_checkpoint(path, device)
-    try:
-        model.load_state_dict(checkpoint['model_state_dict'])
-    except ValueError as e:  # the checkpoint's network differs from the run's
-        raise ValueError(f'{path} does not fit its run: {e}') from None
-    except (RuntimeError, KeyError, TypeError):
-        raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
+    checkpoint = runs.load_checkpoint(runs.best_checkpoint(folder), device, model)
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
     return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
@@ -56,6 +43,7 @@ def mean_std(values, fmt):
 def table_row(results):
     """The assignment's twelve columns for one setting (mean ± std over seeds where there are several)."""
     h = results[0]['history']['hyperparameters']
+    times = [100 * r['history']['training_time'] / len(r['history']['epochs']) for r in results]
     return {
         'Batch_size': h['batch_size'],
         'Activation function': NAMES.get(h['activation'], h['activation'].capitalize()),
@@ -66,9 +54,7 @@ def table_row(results):
         'Optimizer': h['optimizer'],
         'Learning rate': f'{h["lr"]:g}',
         'Weight decay': f'{h["weight_decay"]:g}',
-        '100 epoch training time': mean_std(
-            [100 * r['history']['training_time'] / len(r['history']['epochs']) for r in results], '{:.1f} s'
-        ),
+        '100 epoch training time': mean_std(times, '{:.1f} s'),
         'Early stopping epoch': mean_std([r['epoch'] for r in results], '{:.0f}'),
         'Accuracy': mean_std([100 * r['accuracy'] for r in results], '{:.2f}%'),
     }
@@ -101,7 +87,7 @@ def plot_mistakes(result, x, y, title, out_dir):
     mistakes: the test images with their true and their predicted digit."""
     confidence, predicted = result['logits'].softmax(1).max(1)
     counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10).cpu()
-    save_csv(
+    runs.save_csv(
         os.path.join(out_dir, 'confusion_matrix.csv'),
         [['true \\ predicted', *range(10)], *([i, *row] for i, row in enumerate(counts.tolist()))],
     )
@@ -150,12 +136,6 @@ def weight_decay_sweep(rows, out_dir):
     return f'## Weight decay sweep (test accuracy)\n\n{markdown_table(table, corner="λ")}\n\n{plot}\n\n'
 
 
-def save_csv(path, rows):
-    text = io.StringIO()
-    csv.writer(text).writerows(rows)
-    runs.save_atomic(path, lambda f: f.write(text.getvalue().encode()))
-
-
 def write_report(rows, x, y, out_dir):
     """report.md and report.csv with the assignment's columns, and their pictures."""
     table = {n: table_row(r) for n, r in rows.items()}
@@ -182,7 +162,7 @@ def write_report(rows, x, y, out_dir):
         'validation split of 10,000 images held out from the training images.\n'
     )
     runs.save_atomic(os.path.join(out_dir, 'report.md'), lambda f: f.write(body.encode()))
-    save_csv(
+    runs.save_csv(
         os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
     )
     panels = {n: r for n, r in rows.items() if n in Config.groups['all']} or rows

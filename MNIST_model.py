@@ -173,11 +173,8 @@ class Config:
             for wd in (0, 1e-5, 1e-4, 1e-3, 1e-2)
         },
     }
-    groups = {
-        'all': [1, 2, 3, 4],
-        'extra': list(range(5, 14)),  # names for several settings at once
-        'wd': [name for name in settings if '-' in str(name)],
-    }
+    # Names for several settings at once
+    groups = {'all': [1, 2, 3, 4], 'extra': list(range(5, 14)), 'wd': [name for name in settings if '-' in str(name)]}
 
 
 def setting(name):

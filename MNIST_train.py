@@ -121,15 +121,8 @@ def train_setting(name, seed, folder, args):
                 file=sys.stderr,
             )
             return False
-        history['epochs'].append(
-            {
-                'epoch': epoch,
-                'train_loss': train_loss,
-                'val_loss': val_loss,
-                'val_accuracy': val_acc,
-                'seconds': seconds,
-            }
-        )
+        row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
+        history['epochs'].append(row)
         history['training_time'] += seconds
         improved = val_acc > history['best_val_accuracy']
         if improved:

@@ -2,6 +2,7 @@
 the resume state and worker processes."""
 
 import argparse
+import csv
 import errno
 import glob
 import io
@@ -133,6 +134,12 @@ def save_atomic(path, write):
             os.remove(tmp)
 
 
+def save_csv(path, rows):
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    save_atomic(path, lambda f: f.write(text.getvalue().encode()))
+
+
 def save_figure(fig, path):
     save_atomic(path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'))
     plt.close(fig)
@@ -150,8 +157,9 @@ def best_checkpoint(folder):
     return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
 
 
-def load_checkpoint(path, device='cpu'):
-    """Read a checkpoint safely (tensors and plain values only); ValueError says what is wrong."""
+def load_checkpoint(path, device='cpu', model=None):
+    """Read a checkpoint safely (tensors and plain values only) and load its weights into `model`, if given;
+    ValueError says what is wrong."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:
@@ -160,6 +168,13 @@ def load_checkpoint(path, device='cpu'):
         raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
     if not isinstance(checkpoint, dict) or 'model_state_dict' not in checkpoint or 'epoch' not in checkpoint:
         raise ValueError(f'{path} is not a checkpoint of this project (no epoch or model_state_dict)')
+    try:
+        if model is not None:
+            model.load_state_dict(checkpoint['model_state_dict'])
+    except ValueError as e:  # the checkpoint's network differs from the one built for its run
+        raise ValueError(f'{path} does not fit its run: {e}') from None
+    except (RuntimeError, KeyError, TypeError):
+        raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
     return checkpoint
 
 
@@ -199,9 +214,8 @@ def load_state(folder, model, optimizer, scheduler, history):
     if not os.path.exists(path):
         return history
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, model=model)
         same = run_identity(state['history']) == run_identity(history)
-        model.load_state_dict(state['model_state_dict'])
         optimizer.load_state_dict(state['optimizer_state_dict'])
         if scheduler:
             scheduler.load_state_dict(state['scheduler_state_dict'])
