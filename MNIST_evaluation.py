@@ -87,10 +87,8 @@ def plot_mistakes(result, x, y, title, out_dir):
     mistakes: the test images with their true and their predicted digit."""
     confidence, predicted = result['logits'].softmax(1).max(1)
     counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10).cpu()
-    runs.save_csv(
-        os.path.join(out_dir, 'confusion_matrix.csv'),
-        [['true \\ predicted', *range(10)], *([i, *row] for i, row in enumerate(counts.tolist()))],
-    )
+    rows = [['true \\ predicted', *range(10)]] + [[i, *row] for i, row in enumerate(counts.tolist())]
+    runs.save_csv(os.path.join(out_dir, 'confusion_matrix.csv'), rows)
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ax.imshow(counts.log1p(), cmap='Blues')  # log shading, so that a few mistakes show beside a thousand hits
     for i, row in enumerate(counts.tolist()):
@@ -101,10 +99,9 @@ def plot_mistakes(result, x, y, title, out_dir):
     runs.save_figure(fig, os.path.join(out_dir, 'confusion_matrix.png'))
     wrong = (predicted != y).nonzero()[:, 0]
     worst = wrong[confidence[wrong].argsort(descending=True)[:16]].tolist()
-    fig, axes = plt.subplots(2, 8, figsize=(12, 4.2), layout='constrained')
-    for ax in axes.flat:
-        ax.axis('off')
-    for ax, i in zip(axes.flat, worst):
+    fig = plt.figure(figsize=(12, 4.2), layout='constrained')
+    for k, i in enumerate(worst):
+        ax = fig.add_subplot(2, 8, k + 1, xticks=[], yticks=[])
         ax.imshow(x[i].view(28, 28).cpu(), cmap='gray_r')
         ax.set_title(f'true {y[i]}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
     fig.suptitle(f'{title}: the most confident mistakes on the test split')
@@ -187,23 +184,19 @@ def main(argv=None):
         folders = runs.run_folders(args.out_dir, name)
         if not folders and name in asked:
             print(f'Setting {name}: not trained yet; train it with: python MNIST_train.py --setting {name}')
-        results = []
         for folder in folders:
             try:
-                results.append(evaluate_run(folder, x, y, args.device))
+                result = evaluate_run(folder, x, y, args.device)
             except ValueError as e:
                 print(f'Setting {name}: skipped: {e}', file=sys.stderr)
                 skipped += 1
                 continue
-            seed = f' seed {results[-1]["history"]["seed"]}' if len(folders) > 1 else ''
-            epoch, accuracy = results[-1]['epoch'], 100 * results[-1]['accuracy']
-            print(f'Setting {name}{seed}: accuracy of the {epoch} epoch trained model: {accuracy:.2f}%')
-        if results:
-            rows[name] = results
+            seed = f' seed {result["history"]["seed"]}' if len(folders) > 1 else ''
+            accuracy = 100 * result['accuracy']
+            print(f'Setting {name}{seed}: accuracy of the {result["epoch"]} epoch trained model: {accuracy:.2f}%')
+            rows.setdefault(name, []).append(result)
     if not rows:
-        runs.fail(
-            f'no trained setting to evaluate in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1'
-        )
+        runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
     write_report(rows, x, y, args.out_dir)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0

@@ -95,17 +95,8 @@ def train_setting(name, seed, folder, args):
     x_train, x_val = model.straighten(x_train), model.straighten(x_val)  # deskewed once per run, if at all
     model.fit_input(x_train)
     optimizer, scheduler = make_optimizer(model, hyper, math.ceil(len(x_train) / hyper['batch_size']))
-    history = {
-        'setting': str(name),
-        'hyperparameters': hyper,
-        'seed': seed,
-        'device': str(args.device),
-        'threads': torch.get_num_threads(),
-        'epochs': [],
-        'best_epoch': 0,
-        'best_val_accuracy': 0.0,
-        'training_time': 0.0,
-    }
+    history = dict(setting=str(name), hyperparameters=hyper, seed=seed, device=str(args.device), epochs=[])
+    history.update(threads=torch.get_num_threads(), best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
     if args.resume:
         history = runs.load_state(folder, model, optimizer, scheduler, history)
     label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
@@ -161,8 +152,8 @@ def main(argv=None):
         Config,
         'Train settings of the MNIST 4-layer perceptron; each setting is a row of Config.settings in MNIST_model.py.',
         required=True,
-        help="setting to train: a row of Config.settings (1-4 are the assignment's, 5-13 and 'best' extra "
-        "experiments), 'all' for 1-4, 'extra' for 5-13 or 'wd' for the weight-decay sweep",
+        help="setting to train: a row of Config.settings (1-4: the assignment's), all (1-4), extra (5-13) or wd "
+        '(the weight-decay sweep)',
     )
     p.add_argument('--epochs', type=runs.count(1), help="epochs to train (default: the setting's, 100)")
     p.add_argument('--seed', type=runs.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
