@@ -15,13 +15,7 @@ def test_one_epoch_of_setting_2_reaches_90_percent(tmp_path, capsys):
     assert (
         MNIST_train.main(
             [
-                '--setting',
-                '2',
-                '--epochs',
-                '1',
-                '--device',
-                'cpu',
-                '--out-dir',
+                *'--setting 2 --epochs 1 --device cpu --out-dir'.split(),
                 str(tmp_path),
                 '--data-dir',
                 os.path.dirname(os.path.dirname(RAW)),

@@ -116,15 +116,9 @@ def run_history(data_dir, out, seed):
     assert (
         MNIST_train.main(
             [
-                '--setting',
-                '4',
-                '--epochs',
-                '3',
-                '--seed',
+                *'--setting 4 --epochs 3 --seed'.split(),
                 str(seed),
-                '--device',
-                'cpu',
-                '--data-dir',
+                *'--device cpu --data-dir'.split(),
                 str(data_dir),
                 '--out-dir',
                 str(out),
