@@ -73,15 +73,6 @@ def markdown_table(rows, corner=''):
     return '\n'.join('| ' + ' | '.join(map(str, line)) + ' |' for line in lines)
 
 
-def plot_panels(rows, path):
-    """The report's row of validation accuracy plots, one panel per setting."""
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
-    for ax, (name, results) in zip(axes[0], rows.items()):
-        plot_val_accuracy(ax, results[0]['history'], f'Setting #{name}')
-    fig.tight_layout()
-    runs.save_figure(fig, path)
-
-
 def plot_mistakes(result, x, y, title, out_dir):
     """A run's confusion matrix of the test split (a picture and its counts in CSV) and its most confident
     mistakes: the test images with their true and their predicted digit."""
@@ -162,8 +153,8 @@ def write_report(rows, x, y, out_dir):
     runs.save_csv(
         os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
     )
-    panels = {n: r for n, r in rows.items() if n in Config.groups['all']} or rows
-    plot_panels(panels, os.path.join(out_dir, 'val_accuracy.png'))
+    panels = {f'Setting #{n}': r[0]['history'] for n, r in rows.items() if n in Config.groups['all'] or not assignment}
+    plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
     plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
@@ -171,8 +162,7 @@ def main(argv=None):
     runs.start_process()
     p = runs.common_parser(
         Config,
-        'Evaluate the best checkpoint of each trained setting on the MNIST test split and write report.md, '
-        'report.csv and their pictures.',
+        'Measure each trained setting on the MNIST test split and write report.md, report.csv and their pictures.',
         help='setting(s) to evaluate (default: every trained one)',
     )
     args = p.parse_args(argv)

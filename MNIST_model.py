@@ -18,15 +18,12 @@ def data_load(data_dir, train=True):
     raw = os.path.join(data_dir, 'MNIST', 'raw')
     if os.path.isfile(data_dir):
         fail(f'the data folder {data_dir} is a file, not a folder')
-    if not all(os.path.isfile(os.path.join(raw, f)) for f in RAW_FILES):
-        try:
-            datasets.MNIST(data_dir, download=True)
-        except Exception:
-            fail(f'MNIST is not in {raw} and could not be downloaded; put the four files {", ".join(RAW_FILES)} there')
     try:
-        mnist = datasets.MNIST(data_dir, train=train)
+        mnist = datasets.MNIST(data_dir, train=train, download=True)  # downloads only the files that are missing
         x, y = mnist.data, mnist.targets
-    except Exception:  # torchvision's reader checks each file's header and size
+    except Exception:  # no download, or a file whose header or size torchvision's reader refuses
+        if not all(os.path.isfile(os.path.join(raw, f)) for f in RAW_FILES):
+            fail(f'MNIST is not in {raw} and could not be downloaded; put the four files {", ".join(RAW_FILES)} there')
         x = y = torch.zeros(0)
     if x.shape[1:] != (28, 28) or len(x) != len(y) or not len(y) or y.max() > 9:
         files = ' and '.join(RAW_FILES[:2] if train else RAW_FILES[2:])
@@ -121,10 +118,9 @@ class Config:
     # The assignment's hyperparameters, as the report's columns name them:
     base = dict(batch_size=batch_size, activation='relu', layers=4, width=200, epochs=epoch, init='he')
     base |= dict(optimizer='Adam', lr=lr_adam, weight_decay=0.0)
-    # The extra experiments' switches, all off. distort: strength of random affine warps of training images (1 = up
-    # to 11 degrees, 10% scale and shear, 2 pixels shift); elastic: size in pixels of random smooth displacements;
-    # schedule 'onecycle' ramps lr up then down; deskew: the model straightens and centres every image it is given,
-    # training and test images alike.
+    # The extra experiments' switches, all off. distort: strength of random affine warps of training images (1 =
+    # up to 11 degrees, 10% scale and shear, 2 pixels shift); elastic: pixels of random smooth displacement;
+    # schedule 'onecycle': lr up, then down; deskew: the model straightens and centres every image it is given.
     base |= dict(dropout=0.0, distort=0.0, elastic=0.0, label_smoothing=0.0, schedule=None, deskew=False)
     settings = {
         1: dict(optimizer='Adadelta', lr=lr_adadelta),

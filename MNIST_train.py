@@ -125,9 +125,7 @@ def train_setting(name, seed, folder, args):
             f'val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
         )
     if history['best_epoch']:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        plot_val_accuracy(ax, history, label)
-        runs.save_figure(fig, os.path.join(folder, 'val_accuracy.png'))
+        plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
         print(
             f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
             f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> {runs.best_checkpoint(folder)}'
@@ -135,15 +133,19 @@ def train_setting(name, seed, folder, args):
     return True
 
 
-def plot_val_accuracy(ax, history, title):
-    """Validation accuracy per epoch with the early-stopping epoch marked."""
-    acc = [100 * e['val_accuracy'] for e in history['epochs']]
-    best = history['best_epoch']
-    ax.plot(range(1, len(acc) + 1), acc)
-    ax.plot(best, acc[best - 1], 'o', color='tab:red', label=f'best: epoch {best}, {acc[best - 1]:.2f}%')
-    ax.set(title=title, xlabel='epoch', ylabel='validation accuracy (%)')
-    ax.grid(alpha=0.3)
-    ax.legend(loc='lower right')
+def plot_val_accuracy(histories, path):
+    """Validation accuracy per epoch, one panel per run {title: history}, each early-stopping epoch marked."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.6), squeeze=False)
+    for ax, (title, history) in zip(axes[0], histories.items()):
+        acc = [100 * e['val_accuracy'] for e in history['epochs']]
+        best = history['best_epoch']
+        ax.plot(range(1, len(acc) + 1), acc)
+        ax.plot(best, acc[best - 1], 'o', color='tab:red', label=f'best: epoch {best}, {acc[best - 1]:.2f}%')
+        ax.set(title=title, xlabel='epoch', ylabel='validation accuracy (%)')
+        ax.grid(alpha=0.3)
+        ax.legend(loc='lower right')
+    fig.tight_layout()
+    runs.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -164,9 +166,7 @@ def main(argv=None):
     p.add_argument('--jobs', type=runs.count(1), default=1, metavar='N', help='train N runs at once, sharing the cores')
     args = p.parse_args(argv)
     seeds = range(args.seeds) if args.seeds else [args.seed]
-    trainings = [
-        (name, s, runs.run_dir(args.out_dir, name, s if args.seeds else None)) for name in args.setting for s in seeds
-    ]
+    trainings = [(n, s, runs.run_dir(args.out_dir, n, s if args.seeds else None)) for n in args.setting for s in seeds]
     locks = [runs.open_run(folder, args.resume, args.force) for _, _, folder in trainings]
     try:
         train_one = functools.partial(train_setting, args=args)
