@@ -45,7 +45,7 @@ def common_parser(config, description, **setting):
         help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, mps or xpu',
     )
     p.add_argument('--data-dir', default=config.data_dir, help=f'folder holding MNIST/raw/ (default {config.data_dir})')
-    p.add_argument('--out-dir', default=config.out_dir, help=f'folder of checkpoints and reports ({config.out_dir})')
+    p.add_argument('--out-dir', default=config.out_dir, help=f'folder for results (default {config.out_dir})')
     return p
 
 
