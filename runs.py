@@ -289,4 +289,4 @@ def exit_with_command():
 def run_folders(out_dir, name):
     """The folders of a setting's finished runs: one per seed, or the setting's own folder."""
     seeds = sorted(glob.glob(os.path.join(run_dir(out_dir, name), 'seed_*')), key=lambda p: int(p.rsplit('_', 1)[1]))
-    return [p for p in seeds or [run_dir(out_dir, name)] if best_checkpoint(p)]
+    return [p for p in seeds if best_checkpoint(p)] or [p for p in [run_dir(out_dir, name)] if best_checkpoint(p)]
