@@ -58,7 +58,8 @@ def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(big_
         for pid in workers:  # whatever the result, no stray worker outlives the test
             if stat(pid)[:1] not in ([], ['Z']):
                 os.kill(int(pid), signal.SIGKILL)
-    assert all(stat(pid)[:1] in ([], ['Z']) for pid in workers)  # gone, or a zombie: ended, not yet reaped
+    ended = ([], ['Z']) if sig == signal.SIGKILL else ([],)  # an orphan may wait as a zombie until init reaps it
+    assert all(stat(pid)[:1] in ended for pid in workers)  # the command that stopped them has reaped them
     assert all(out.count(f'{label} |') <= 1 for label in started)  # no worker trained on past its epoch in flight
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
