@@ -23,7 +23,7 @@ NAMES = {'relu': 'ReLU', 'leaky_relu': 'Leaky ReLU (0.1)', 'elu': 'ELU', 'maxout
 def evaluate_run(folder, x, y, device):
     """Test logits and accuracy of a run's best checkpoint, with its history; ValueError says what is wrong."""
     try:
-        with open(os.path.join(folder, 'history.json')) as f:
+        with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
             history = json.load(f)
         model = build_model({**Config.base, **history['hyperparameters']}).to(device)
     except (OSError, ValueError, KeyError, TypeError):

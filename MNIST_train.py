@@ -5,7 +5,6 @@ python MNIST_train.py --setting all      # the assignment's four settings
 """
 
 import functools
-import glob
 import math
 import os
 import sys
@@ -55,8 +54,8 @@ def save_best(folder, model, history):
         'hyperparameters': history['hyperparameters'],
         'val_accuracy': history['best_val_accuracy'],
     }
-    runs.save_atomic(path, lambda f: torch.save(checkpoint, f))
-    for old in glob.glob(os.path.join(folder, 'epoch_*.pth')):
+    runs.save_torch(path, checkpoint)  # CPU tensors: torch.load(path) works on any machine
+    for old in runs.files(folder, 'epoch_*.pth'):
         if old != path:
             os.remove(old)
 
@@ -170,8 +169,9 @@ def main(argv=None):
     locks = [runs.open_run(folder, args.resume, args.force) for _, _, folder in trainings]
     try:
         train_one = functools.partial(train_setting, args=args)
+        load_data = functools.partial(training_data, args.data_dir, args.device)
         ok = runs.run_all(
-            train_one, trainings, args.jobs, args.device, lambda: training_data(args.data_dir, args.device)
+            train_one, trainings, args.jobs, args.device, load_data, functools.partial(data_load, args.data_dir)
         )
         return 0 if ok else 1
     finally:
@@ -181,5 +181,5 @@ def main(argv=None):
 
 if __name__ == '__main__':
     again = [a for a in sys.argv[1:] if a != '--force'] + ([] if '--resume' in sys.argv else ['--resume'])
-    resume = f'Interrupted; finished epochs are saved. Continue with: python MNIST_train.py {" ".join(again)}'
-    sys.exit(runs.run_script(main, resume))
+    resume = runs.command_line(['python', 'MNIST_train.py', *again])
+    sys.exit(runs.run_script(main, f'Interrupted; finished epochs are saved. Continue with: {resume}'))

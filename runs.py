@@ -8,11 +8,15 @@ import glob
 import io
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import shlex
 import signal
+import subprocess
 import sys
 import threading
+import time
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -21,6 +25,8 @@ import torch
 try:
     import fcntl
 except ImportError:  # Windows
+    import msvcrt
+
     fcntl = None
 
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
@@ -104,21 +110,23 @@ def run_script(main, interrupted='Interrupted.'):
         code = main()
         sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
         return code
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
-        return 1
     except KeyboardInterrupt as e:
         print(f'\n{interrupted}', file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
+        if e.filename is None and e.errno in (errno.EPIPE, errno.EINVAL):  # Windows says EINVAL for a closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+            return 1
         full = e.errno in (errno.ENOSPC, errno.EFBIG)
         reason = 'the disk is full; free some space, then run again (training with --resume continues)'
         fail(f'cannot write {e.filename}: {reason if full else e.strerror}')
 
 
-def save_atomic(path, write):
+def save_atomic(path, write, patience=5.0):
     """Write a file so that it is either complete or as it was: write(buffer) in memory (so that a full disk is an
-    OSError naming the file, whatever the writer), then a temp file, fsync, rename."""
+    OSError naming the file, whatever the writer), then a temp file, fsync, rename. On Windows the rename fails
+    while another program has the file open (Excel, a viewer, a virus scanner): it is tried again for `patience`
+    seconds."""
     buffer, tmp = io.BytesIO(), f'{path}.{os.getpid()}.tmp'
     write(buffer)
     try:
@@ -126,7 +134,15 @@ def save_atomic(path, write):
             f.write(buffer.getvalue())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                os.replace(tmp, path)
+                break
+            except PermissionError as e:
+                if time.monotonic() > deadline:
+                    raise OSError(e.errno, 'another program keeps it open; close that program, then run again') from e
+                time.sleep(0.1)
     except OSError as e:
         raise OSError(e.errno, e.strerror, path) from None
     finally:
@@ -135,9 +151,23 @@ def save_atomic(path, write):
 
 
 def save_csv(path, rows):
+    """A CSV file in UTF-8 with a byte-order mark, by which Excel knows it is UTF-8 (for ±, λ)."""
     text = io.StringIO()
     csv.writer(text).writerows(rows)
-    save_atomic(path, lambda f: f.write(text.getvalue().encode()))
+    save_atomic(path, lambda f: f.write(text.getvalue().encode('utf-8-sig')))
+
+
+def save_torch(path, obj):
+    """torch.save, atomically, with every tensor moved to the CPU: the file loads on any machine."""
+    save_atomic(path, lambda f: torch.save(on_cpu(obj), f))
+
+
+def on_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    return type(obj)(map(on_cpu, obj)) if isinstance(obj, (list, tuple)) else obj
 
 
 def save_figure(fig, path):
@@ -151,9 +181,19 @@ def run_dir(out_dir, name, seed=None):
     return path if seed is None else os.path.join(path, f'seed_{seed}')
 
 
+def files(folder, pattern):
+    """The files in `folder` that match a glob pattern; the folder's name may hold [ ] * ?."""
+    return glob.glob(os.path.join(glob.escape(folder), pattern))
+
+
+def command_line(args):
+    """A command as this platform's shell reads it, quoted where an argument holds a space or [ ]."""
+    return subprocess.list2cmdline(args) if sys.platform == 'win32' else shlex.join(args)
+
+
 def best_checkpoint(folder):
     """The saved best-epoch checkpoint of a run, or None."""
-    paths = glob.glob(os.path.join(folder, 'epoch_*.pth'))
+    paths = files(folder, 'epoch_*.pth')
     return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
 
 
@@ -183,17 +223,21 @@ def open_run(folder, resume, force):
     Returns the lock, which the operating system releases when this process ends, however it ends."""
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, '.lock'), 'w')
+        lock = open(os.path.join(folder, '.lock'), 'wb')
     except OSError as e:
         fail(f'cannot create the output folder {folder}: {e.strerror}')
-    if fcntl:  # no lock on Windows
-        try:
+    try:
+        if fcntl:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fail(f'another run is writing {folder}; wait until it ends or stop it')
-    for tmp in glob.glob(os.path.join(folder, '*.tmp')):  # left by a run that was killed while writing
+        else:
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+    except (BlockingIOError, PermissionError):  # held: EWOULDBLOCK from flock, EACCES from msvcrt
+        fail(f'another run is writing {folder}; wait until it ends or stop it')
+    except OSError as e:  # a file system without locks (some network folders): EOPNOTSUPP, ENOLCK
+        print(f'warning: {folder} cannot be locked ({e.strerror}); start no second run on it', file=sys.stderr)
+    for tmp in files(folder, '*.tmp'):  # left by a run that was killed while writing
         os.remove(tmp)
-    old = [p for pattern in RESULTS for p in glob.glob(os.path.join(folder, pattern))]
+    old = [p for pattern in RESULTS for p in files(folder, pattern)]
     if force:
         for p in old:
             os.remove(p)
@@ -220,6 +264,9 @@ def load_state(folder, model, optimizer, scheduler, history):
         if scheduler:
             scheduler.load_state_dict(state['scheduler_state_dict'])
         torch.set_rng_state(state['rng_state'])
+        if state.get('device_rng_state') is not None:
+            device = next(model.parameters()).device
+            torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
     except (ValueError, KeyError, RuntimeError) as e:
         fail(f'cannot resume from {path} ({e}); pass --force to start over')
     if not same:
@@ -231,36 +278,48 @@ def load_state(folder, model, optimizer, scheduler, history):
 
 
 def save_state(folder, model, optimizer, scheduler, history):
-    """The state after an epoch, for --resume, and the history, each written atomically."""
+    """The state after an epoch, for --resume, and the history, each written atomically. The random state is the
+    CPU's and, on an accelerator, the accelerator's, which draws the warps and the dropout there."""
+    device = next(model.parameters()).device
     state = {
         'epoch': len(history['epochs']),
         'model_state_dict': model.state_dict(),
         'history': history,
         'optimizer_state_dict': optimizer.state_dict(),
         'rng_state': torch.get_rng_state(),
+        'device_rng_state': None if device.type == 'cpu' else torch.get_device_module(device).get_rng_state(device),
         'scheduler_state_dict': scheduler.state_dict() if scheduler else None,
     }
-    save_atomic(os.path.join(folder, 'last.pth'), lambda f: torch.save(state, f))
+    save_torch(os.path.join(folder, 'last.pth'), state)
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
-def run_all(train, runs, jobs, device, load_data):
+def start_method(device):
+    """How --jobs starts its workers: forked on Linux CPUs (no second import of torch), else spawned as fresh
+    processes (Windows and macOS, and CUDA, which survives no fork). MNIST_START_METHOD chooses, for the tests."""
+    forks = device.type == 'cpu' and sys.platform == 'linux'
+    return os.environ.get('MNIST_START_METHOD', 'fork' if forks else 'spawn')
+
+
+def run_all(train, runs, jobs, device, load_data, check_data):
     """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went
-    well. Stopping this process (Ctrl-C, SIGTERM) stops every worker."""
+    well. Stopping this process (Ctrl-C, SIGTERM) stops every worker. A fault with the data shows here, once:
+    load_data() loads it for forked workers to share; spawned workers share nothing, so check_data() reads it
+    only to check it."""
     jobs = min(jobs, len(runs))
     if jobs == 1:
         return all([train(*run) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
-    load_data()  # any fault with the data shows here, once; forked workers share it
-    method = 'fork' if device.type == 'cpu' and sys.platform == 'linux' else 'spawn'  # CUDA survives no fork
+    method = start_method(device)
+    load_data() if method == 'fork' else check_data()
     context = multiprocessing.get_context(method)
     workers = [context.Process(target=work, args=(train, runs[i::jobs], threads)) for i in range(jobs)]
     for worker in workers:
         worker.start()
     try:
-        for worker in workers:
-            worker.join()
+        for worker in workers:  # unlike join(), a wait that Ctrl-C interrupts on Windows too
+            multiprocessing.connection.wait([worker.sentinel])
     finally:
         for worker in workers:
             worker.terminate()
@@ -288,5 +347,5 @@ def exit_with_command():
 
 def run_folders(out_dir, name):
     """The folders of a setting's finished runs: one per seed, or the setting's own folder."""
-    seeds = sorted(glob.glob(os.path.join(run_dir(out_dir, name), 'seed_*')), key=lambda p: int(p.rsplit('_', 1)[1]))
+    seeds = sorted(files(run_dir(out_dir, name), 'seed_*'), key=lambda p: int(p.rsplit('_', 1)[1]))
     return [p for p in seeds if best_checkpoint(p)] or [p for p in [run_dir(out_dir, name)] if best_checkpoint(p)]

@@ -9,13 +9,12 @@ import torch.nn.functional as F
 @functools.cache
 def warp_basis(device):
     """[19, 784]: each output pixel's x, y (in [-1, 1]) and 1, then 16 smooth bumps (4x4 control points
-    upsampled bicubically) for elastic fields. A warp's sampling positions are coefficients [B, 2, k] @ basis[:k]."""
-    pos = (torch.arange(28.0, device=device) * 2 - 27) / 28  # pixel centres, as grid_sample reads them
-    up = F.interpolate(
-        torch.eye(4, device=device)[:, None, :, None], size=(28, 1), mode='bicubic', align_corners=False
-    )[:, 0, :, 0].T  # [28, 4]: bicubic upsampling is linear
-    bumps = torch.einsum('ia,jb->abij', up, up).reshape(16, 784)
-    return torch.cat([pos.repeat(28)[None], pos.repeat_interleave(28)[None], torch.ones(1, 784, device=device), bumps])
+    upsampled bicubically) for elastic fields. A warp's sampling positions are coefficients [B, 2, k] @ basis[:k].
+    Built on the CPU, as not every accelerator has bicubic interpolation (MPS had none before late 2024)."""
+    pos = (torch.arange(28.0) * 2 - 27) / 28  # pixel centres, as grid_sample reads them
+    up = F.interpolate(torch.eye(4)[:, None, :, None], size=(28, 1), mode='bicubic', align_corners=False)[:, 0, :, 0].T
+    bumps = torch.einsum('ia,jb->abij', up, up).reshape(16, 784)  # bicubic upsampling is linear: [28, 4] per axis
+    return torch.cat([pos.repeat(28)[None], pos.repeat_interleave(28)[None], torch.ones(1, 784), bumps]).to(device)
 
 
 def warp(x, coef):

@@ -12,7 +12,6 @@ Then where the time of one of the project's training steps goes, part by part.
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
+
+try:
+    import resource
+except ImportError:  # Windows: no peak-memory figure
+    resource = None
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from MNIST_model import Config, MNIST_model, data_load, generate_batch, predict, setting  # noqa: E402
@@ -227,6 +231,8 @@ def main():
             f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB GPU memory'
             if device.type == 'cuda'
             else f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS'
+            if resource
+            else 'peak memory not measured on this system'
         )
         by_hand = timed(by_hand_epoch(x_train, y_train, x_val), device, args.epochs)
         floor = timed(floor_epoch(x_train, x_val), device, args.epochs)

@@ -21,7 +21,7 @@ from tests.idx import write_mnist  # noqa: E402
 
 
 def cpu_model():
-    with open('/proc/cpuinfo') as f:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
         return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), 'unknown CPU')
 
 

@@ -12,7 +12,7 @@ PAGES = ['README.md', *(f'docs/{name}' for name in sorted(os.listdir(os.path.joi
 
 def prose(path):
     """A Markdown page without its fenced code blocks, which hold neither links nor headings."""
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
         return re.sub(r'```.*?```', '', f.read(), flags=re.S)
 
 

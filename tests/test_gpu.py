@@ -1,6 +1,9 @@
 """The GPU path: training steps on CUDA, and GPU checkpoints that evaluate on a CPU. Skipped without a GPU."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,6 +11,8 @@ import torch
 import MNIST_evaluation
 import MNIST_train
 from MNIST_model import build_model, setting
+from tests.conftest import ROOT
+from tests.test_reliability import CTRL_C_AT_3, assert_same_state, best_state, history_without_times
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU on this machine')
 
@@ -44,3 +49,28 @@ def test_gpu_checkpoint_evaluates_on_cpu(data_dir, tmp_path, capsys):
     assert MNIST_train.main(['--setting', '2', '--epochs', '2', '--device', 'cuda', *common]) == 0
     assert MNIST_evaluation.main(['--device', 'cpu', *common]) == 0
     assert 'Setting 2: accuracy of the' in capsys.readouterr().out
+
+
+def test_a_checkpoint_trained_on_cuda_loads_the_skeleton_way_where_no_gpu_is_seen(data_dir, tmp_path):
+    common = ['--data-dir', str(data_dir), '--out-dir', str(tmp_path)]
+    assert MNIST_train.main(['--setting', '2', '--epochs', '2', '--device', 'cuda', *common]) == 0
+    state = torch.load(tmp_path / 'setting_2' / 'last.pth', weights_only=True)
+    assert torch.equal(state['device_rng_state'], torch.cuda.get_rng_state())  # the GPU's generator is saved too
+    (path,) = (tmp_path / 'setting_2').glob('epoch_*.pth')
+    code = (
+        'import sys, torch; from MNIST_model import MNIST_model; model = MNIST_model(); '
+        "model.load_state_dict(torch.load(sys.argv[1])['model_state_dict']); print(torch.cuda.is_available())"
+    )
+    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'PYTHONPATH': ROOT}
+    result = subprocess.run([sys.executable, '-c', code, str(path)], capture_output=True, encoding='utf-8', env=env)
+    assert result.returncode == 0 and result.stdout.split() == ['False'], result.stderr
+
+
+def test_resume_of_a_distorting_setting_on_cuda_is_the_uninterrupted_run(harness, tmp_path):
+    """The warps draw from the GPU's generator: resuming restores it, so the resumed run is the same run."""
+    args = ('--setting', 'best', '--epochs', '4', '--device', 'cuda')
+    assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
+    assert harness('MNIST_train', CTRL_C_AT_3, *args).returncode == 130
+    assert harness('MNIST_train', '', *args, '--resume').returncode == 0
+    assert history_without_times(tmp_path / 'out', 'best') == history_without_times(tmp_path / 'ref', 'best')
+    assert_same_state(best_state(tmp_path / 'out', 'best'), best_state(tmp_path / 'ref', 'best'))

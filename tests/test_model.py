@@ -139,5 +139,7 @@ def test_importing_the_model_changes_nothing_process_wide():
         'import matplotlib, torch; matplotlib.use("svg"); import MNIST_model; '
         'print(matplotlib.get_backend(), (torch.tensor([1e-39]) * 1.0).item() > 0)'
     )
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, encoding='utf-8', cwd=ROOT, check=True
+    ).stdout
     assert out.split() == ['svg', 'True']  # the backend the user chose, and denormals not flushed

@@ -1,3 +1,4 @@
+import csv
 import glob
 import json
 import os
@@ -9,19 +10,20 @@ import sys
 import pytest
 import torch
 
+import MNIST_evaluation
 import MNIST_train
 from MNIST_model import RAW_FILES
-from tests.conftest import ROOT
+from tests.conftest import ROOT, posix_signals, script_env
 from tests.idx import write_idx, write_mnist
 
 
 def history_without_times(out, name='2'):
-    epochs = json.loads((out / f'setting_{name}' / 'history.json').read_text())['epochs']
+    epochs = json.loads((out / f'setting_{name}' / 'history.json').read_text(encoding='utf-8'))['epochs']
     return [{k: v for k, v in e.items() if k != 'seconds'} for e in epochs]
 
 
 def best_state(out, name='2'):
-    (path,) = glob.glob(str(out / f'setting_{name}' / 'epoch_*.pth'))
+    (path,) = (out / f'setting_{name}').glob('epoch_*.pth')
     return os.path.basename(path), torch.load(path, weights_only=True)['model_state_dict']
 
 
@@ -37,30 +39,29 @@ def assert_clean_error(result, *phrases):
         assert phrase in result.stderr, result.stderr
 
 
+def evaluated(out):
+    """What the report says of a run: each row's early-stopping epoch and test accuracy."""
+    with open(out / 'report.csv', encoding='utf-8-sig', newline='') as f:
+        return [(row['Setting'], row['Early stopping epoch'], row['Accuracy']) for row in csv.DictReader(f)]
+
+
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
-    """Big synthetic data, and Setting 2 trained on it for 5 epochs without interruption: the history and best
-    checkpoint that every interrupted and resumed run must end with."""
+    """Big synthetic data, and Setting 2 trained on it for 5 epochs without interruption, then evaluated: the
+    history, best checkpoint and test accuracy that every interrupted and resumed run must end with."""
     data, out = tmp_path_factory.mktemp('big'), tmp_path_factory.mktemp('ref')
     write_mnist(data / 'MNIST' / 'raw', n_train=30_000, n_test=100)
-    args = ['--setting', '2', '--epochs', '5', '--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
-    assert MNIST_train.main(args) == 0
-    return data, (history_without_times(out), best_state(out))
+    args = ['--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
+    assert MNIST_train.main(['--setting', '2', '--epochs', '5', *args]) == 0
+    assert MNIST_evaluation.main(args) == 0
+    return data, (history_without_times(out), best_state(out), evaluated(out))
 
 
 def interrupt_after_epoch(data, out, sig, epoch=2):
     """Start training in a subprocess and send it `sig` once `epoch` epochs are finished."""
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, 'MNIST_train.py'),
-        *'--setting 2 --epochs 5 --device cpu --data-dir'.split(),
-        str(data),
-        '--out-dir',
-        str(out),
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'}
-    )
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), *'--setting 2 --epochs 5 --device cpu'.split()]
+    cmd += ['--data-dir', str(data), '--out-dir', str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding='utf-8', env=script_env())
     for line in proc.stdout:
         if f'epoch   {epoch}/5' in line:
             proc.send_signal(sig)
@@ -80,6 +81,7 @@ def resume(data, out):
     )
 
 
+@posix_signals
 def test_resume_after_sigkill_gives_the_same_run(reference, tmp_path):
     data, expected = reference
     code, _ = interrupt_after_epoch(data, tmp_path / 'out', signal.SIGKILL)
@@ -91,17 +93,25 @@ def test_resume_after_sigkill_gives_the_same_run(reference, tmp_path):
     assert_same_state(best_state(tmp_path / 'out'), expected[1])
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=lambda sig: sig.name)
-def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig):
-    """Ctrl-C, or SIGTERM from kill, timeout or a scheduler's time limit: exit status 128 + the signal's number."""
+@posix_signals
+@pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
+def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig, cli):
+    """Ctrl-C, or SIGTERM from kill, timeout or a scheduler's time limit: exit status 128 + the signal's number,
+    and a resume command that a shell runs as printed, also for a folder name with a space and brackets."""
     data, expected = reference
-    code, err = interrupt_after_epoch(data, tmp_path / 'out', sig)
-    assert code == 128 + sig and 'Traceback' not in err
+    out = tmp_path / 'runs [v2]' / 'a b'
+    code, err = interrupt_after_epoch(data, out, getattr(signal, sig))
+    assert code == 128 + getattr(signal, sig) and 'Traceback' not in err
     assert 'Interrupted; finished epochs are saved. Continue with: python MNIST_train.py --setting 2' in err
     assert err.strip().endswith('--resume')
-    assert resume(data, tmp_path / 'out') == 0
-    assert history_without_times(tmp_path / 'out') == expected[0]
-    assert_same_state(best_state(tmp_path / 'out'), expected[1])
+    command = err.strip().split('Continue with: ')[1]
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']  # `python` is this test's Python
+    resumed = subprocess.run(command, shell=True, cwd=ROOT, env=script_env(PATH=path), capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert history_without_times(out) == expected[0]
+    assert_same_state(best_state(out), expected[1])
+    assert cli('MNIST_evaluation.py', '--device', 'cpu', data=data, out=out).returncode == 0
+    assert evaluated(out) == expected[2]
 
 
 KILL_DURING_WRITE = """
@@ -116,6 +126,7 @@ os.replace = replace
 """
 
 
+@posix_signals
 def test_kill_during_a_checkpoint_write_loses_nothing(harness, data_dir, tmp_path):
     args = ('--setting', '2', '--epochs', '5', '--device', 'cpu')
     expected = harness('MNIST_train', '', *args, out=tmp_path / 'ref')
@@ -139,7 +150,7 @@ def test_existing_results_are_not_overwritten(cli, tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     forced = cli('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force')
     assert forced.returncode == 0
-    assert len(json.loads((folder / 'history.json').read_text())['epochs']) == 1
+    assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 1
 
 
 @pytest.mark.parametrize(
@@ -165,6 +176,47 @@ def test_bad_arguments(cli, tmp_path, args, phrase):
 def test_cuda_without_a_gpu(cli):
     assert_clean_error(cli('MNIST_train.py', '--setting', '1', '--device', 'cuda'), 'no such device here')
     assert_clean_error(cli('MNIST_evaluation.py', '--device', 'cuda'), 'no such device here')
+
+
+NO_LOCKS = """
+import errno, fcntl, os
+def flock(fd, operation):  # as on a network folder without locks
+    raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+fcntl.flock = flock
+"""
+
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='locks with msvcrt, not fcntl, on Windows')
+def test_a_folder_that_cannot_be_locked_trains_after_one_warning(harness, tmp_path):
+    result = harness('MNIST_train', NO_LOCKS, '--setting', '2', '--epochs', '2', '--device', 'cpu')
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / 'out' / 'setting_2'
+    assert result.stderr.count('warning') == 1 and f'warning: {folder} cannot be locked' in result.stderr
+    assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 2
+
+
+HELD_OPEN = """
+import os
+real_replace, refused = os.replace, []
+def replace(src, dst):
+    if dst.endswith('report.csv') and len(refused) < {times}:
+        refused.append(dst)
+        raise PermissionError(13, 'Permission denied')  # what Windows says while another program has dst open
+    real_replace(src, dst)
+os.replace = replace
+"""
+
+
+def test_a_file_held_open_by_another_program_is_tried_again_then_named(cli, harness, tmp_path):
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    report = tmp_path / 'out' / 'report.csv'
+    briefly = harness('MNIST_evaluation', HELD_OPEN.format(times=3))  # a virus scanner reading it
+    assert briefly.returncode == 0, briefly.stderr
+    assert report.exists()
+    report.unlink()
+    held = harness('MNIST_evaluation', HELD_OPEN.format(times=10**9))  # open in Excel
+    assert_clean_error(held, f'error: cannot write {report}: another program keeps it open; close that program')
+    assert held.stderr.count('\n') == 1 and not report.exists() and not list(report.parent.glob('*.tmp'))
 
 
 def test_missing_dataset_offline(cli, tmp_path):
@@ -239,7 +291,7 @@ def test_damaged_checkpoint_is_skipped(cli, data_dir, tmp_path, kind):
     result = cli('MNIST_evaluation.py')
     assert_clean_error(result, 'Setting 1: skipped', str(path))
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
-    assert '| Setting #2 |' in (tmp_path / 'out' / 'report.md').read_text()
+    assert '| Setting #2 |' in (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
     assert not (tmp_path / 'pwned').exists()
 
 
@@ -254,7 +306,7 @@ def test_resume_refuses_a_checkpoint_with_code(cli, tmp_path):
 def test_resume_extends_a_finished_run_unless_its_schedule_spans_the_epochs(cli, tmp_path):
     assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
     assert cli('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume').returncode == 0
-    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text())
+    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
     assert [e['epoch'] for e in history['epochs']] == [1, 2] and history['hyperparameters']['epochs'] == 2
     assert cli('MNIST_train.py', '--setting', 'best', '--epochs', '1').returncode == 0
     refused = cli('MNIST_train.py', '--setting', 'best', '--epochs', '2', '--resume')
@@ -263,9 +315,9 @@ def test_resume_extends_a_finished_run_unless_its_schedule_spans_the_epochs(cli,
 
 def test_unwritable_output_folder(cli, tmp_path):
     blocker = tmp_path / 'file'
-    blocker.write_text('not a folder')
+    blocker.write_text('not a folder', encoding='utf-8')
     assert_clean_error(cli('MNIST_train.py', '--setting', '1', out=blocker / 'out'), 'cannot create', str(blocker))
-    assert blocker.read_text() == 'not a folder'
+    assert blocker.read_text(encoding='utf-8') == 'not a folder'
 
 
 DIVERGE_AT_3 = """
@@ -283,7 +335,7 @@ def test_divergence_stops_the_setting_and_keeps_the_best(harness, tmp_path):
     assert_clean_error(result, 'diverged at epoch 3', 'keeping the best checkpoint')
     folder = tmp_path / 'out' / 'setting_2'
     assert [p.name for p in folder.glob('epoch_*.pth')] == ['epoch_2.pth']
-    assert len(json.loads((folder / 'history.json').read_text())['epochs']) == 2
+    assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 2
 
 
 def test_training_never_reads_the_test_split(data_dir, tmp_path):
@@ -317,6 +369,24 @@ MNIST_train.train = train
 """
 
 
+def tensors(obj):
+    if torch.is_tensor(obj):
+        return [obj]
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else []
+    return [t for value in values for t in tensors(value)]
+
+
+def test_resume_state_holds_every_generator_and_checkpoints_hold_cpu_tensors(data_dir, tmp_path):
+    args = ['--setting', 'best', '--epochs', '2', '--device', 'cpu', '--data-dir', str(data_dir)]
+    assert MNIST_train.main([*args, '--out-dir', str(tmp_path)]) == 0
+    state = torch.load(tmp_path / 'setting_best' / 'last.pth', weights_only=True)
+    assert torch.equal(state['rng_state'], torch.get_rng_state())  # the generator as the run left it
+    assert state['device_rng_state'] is None  # the CPU's is the only one a CPU run draws from
+    (best,) = (tmp_path / 'setting_best').glob('epoch_*.pth')
+    everything = tensors(state) + tensors(torch.load(best, weights_only=True))
+    assert len(everything) > 10 and all(t.device.type == 'cpu' for t in everything)
+
+
 def test_resume_with_schedule_and_distortions(harness, tmp_path):
     """The 'best' recipe draws random numbers and schedules its learning rate: resuming restores both."""
     args = ('--setting', 'best', '--epochs', '4', '--device', 'cpu')
@@ -334,6 +404,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 """
 
 
+@pytest.mark.skipif(sys.platform == 'win32', reason='no file-size limit (resource) on Windows')
 def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(harness, data_dir, tmp_path):
     args = ('--setting', '2', '--epochs', '4', '--device', 'cpu')
     assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
@@ -345,7 +416,7 @@ def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(har
     assert full.stderr.count('\n') == 1  # one sentence
     state = torch.load(folder / 'last.pth', weights_only=True)  # the previous state, whole
     assert 1 <= state['epoch'] < 4 and not glob.glob(str(folder / '*.tmp'))
-    assert json.loads((folder / 'history.json').read_text())['epochs'][-1]['epoch'] == state['epoch']
+    assert json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs'][-1]['epoch'] == state['epoch']
     assert harness('MNIST_train', '', *args, '--resume').returncode == 0  # space freed: continue
     assert history_without_times(tmp_path / 'out') == history_without_times(tmp_path / 'ref')
     assert_same_state(best_state(tmp_path / 'out'), best_state(tmp_path / 'ref'))
@@ -361,7 +432,11 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_d
         str(tmp_path / 'out'),
     ]
     first = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'}
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding='utf-8',
+        env=script_env(),
     )
     assert 'epoch   1/1000' in first.stdout.readline()  # the first run is writing
     for extra in ([], ['--resume'], ['--force']):
@@ -380,7 +455,7 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(cli, 
     out = tmp_path / 'out'
     (path,), (sigmoid,) = (out / 'setting_1').glob('epoch_*.pth'), (out / 'setting_5').glob('epoch_*.pth')
     path.write_bytes(sigmoid.read_bytes())  # Setting 5's sigmoid network, copied in as Setting 1's
-    (out / 'setting_5' / 'history.json').write_text('{"epochs": [')
+    (out / 'setting_5' / 'history.json').write_text('{"epochs": [', encoding='utf-8')
     result = cli('MNIST_evaluation.py')
     assert_clean_error(
         result,
@@ -391,19 +466,34 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(cli, 
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
 
 
-def test_closed_output_pipe_ends_quietly(cli, tmp_path):
+PIPE_CLOSED_ON_WINDOWS = """
+import errno, io, sys
+class Closed(io.RawIOBase):  # a pipe whose reader is gone, as Windows reports it: EINVAL, not EPIPE
+    def writable(self):
+        return True
+    def fileno(self):
+        return 1
+    def write(self, data):
+        raise OSError(errno.EINVAL, 'Invalid argument')
+sys.stdout = io.TextIOWrapper(Closed(), encoding='utf-8')
+"""
+
+
+def test_closed_output_pipe_ends_quietly(cli, harness, tmp_path):
     assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
     read, write = os.pipe()
     os.close(read)  # the reader is gone, as after `| head -1`
     result = cli('MNIST_evaluation.py', stdout=write, capture_output=False, stderr=subprocess.PIPE)
     os.close(write)
     assert result.returncode == 1 and result.stderr == ''  # no BrokenPipeError traceback
+    on_windows = harness('MNIST_evaluation', PIPE_CLOSED_ON_WINDOWS)
+    assert on_windows.returncode == 1 and on_windows.stderr == ''
 
 
 CTRL_C_IN_EVALUATION = """
-import os, signal, MNIST_evaluation
+import signal, MNIST_evaluation
 def data_load(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, while the test split is read
+    signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, while the test split is read
 MNIST_evaluation.data_load = data_load
 """
 
@@ -414,5 +504,5 @@ def test_ctrl_c_in_evaluation(harness):
 
 
 def test_data_dir_naming_a_file(cli, tmp_path):
-    (tmp_path / 'file').write_text('x')
+    (tmp_path / 'file').write_text('x', encoding='utf-8')
     assert_clean_error(cli('MNIST_train.py', '--setting', '1', data=tmp_path / 'file'), 'is a file, not a folder')

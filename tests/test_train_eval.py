@@ -1,3 +1,4 @@
+import codecs
 import csv
 import glob
 import json
@@ -33,7 +34,7 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert sum('| epoch' in line for line in trained.stdout.splitlines()) == 4  # one line per epoch
     folder = tmp_path / 'out' / 'setting_2'
-    history = json.loads((folder / 'history.json').read_text())
+    history = json.loads((folder / 'history.json').read_text(encoding='utf-8'))
     assert [e['epoch'] for e in history['epochs']] == [1, 2, 3, 4]
     assert history['hyperparameters']['optimizer'] == 'Adam' and history['seed'] == 0
     best = max(history['epochs'], key=lambda e: e['val_accuracy'])
@@ -46,7 +47,7 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
     assert f'Setting 2: accuracy of the {best["epoch"]} epoch trained model:' in evaluated.stdout
     for missing in (1, 3, 4):
         assert f'python MNIST_train.py --setting {missing}' in evaluated.stdout
-    report = (tmp_path / 'out' / 'report.md').read_text()
+    report = (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
     header = next(line for line in report.splitlines() if 'Batch_size' in line)
     assert [c.strip() for c in header.strip('|').split('|')][1:] == list(COLUMNS)
     row = next(line for line in report.splitlines() if line.startswith('| Setting #2'))
@@ -55,13 +56,14 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
     assert cells[1:10] == ['200', 'ReLU', '4', '200', '4', 'He', 'Adam', '0.0001', '0']
     assert cells[11] == str(best['epoch']) and cells[12].endswith('%')
     assert cells[10] == f'{100 * history["training_time"] / 4:.1f} s'  # the time of 100 epochs, from 4
-    with open(tmp_path / 'out' / 'report.csv') as f:
+    assert (tmp_path / 'out' / 'report.csv').read_bytes().startswith(codecs.BOM_UTF8)  # how Excel knows UTF-8
+    with open(tmp_path / 'out' / 'report.csv', encoding='utf-8-sig', newline='') as f:
         table = list(csv.reader(f))
     assert table[0] == ['Setting', *COLUMNS] and table[1][1:] == cells[1:]
     assert (tmp_path / 'out' / 'val_accuracy.png').stat().st_size > 0
     for picture in ('confusion_matrix.png', 'mistakes.png'):  # where the best setting goes wrong
         assert (tmp_path / 'out' / picture).stat().st_size > 0 and f']({picture})' in report
-    with open(tmp_path / 'out' / 'confusion_matrix.csv') as f:
+    with open(tmp_path / 'out' / 'confusion_matrix.csv', encoding='utf-8-sig', newline='') as f:
         counts = [[int(n) for n in row[1:]] for row in list(csv.reader(f))[1:]]
     assert len(counts) == 10 and sum(map(sum, counts)) == 200  # every test image, once
     assert sum(counts[i][i] for i in range(10)) == round(float(cells[12][:-1]) * 2)  # the diagonal: the accuracy
@@ -126,7 +128,7 @@ def run_history(data_dir, out, seed):
         )
         == 0
     )
-    epochs = json.loads((out / 'setting_4' / 'history.json').read_text())['epochs']
+    epochs = json.loads((out / 'setting_4' / 'history.json').read_text(encoding='utf-8'))['epochs']
     return [{k: v for k, v in e.items() if k != 'seconds'} for e in epochs]
 
 
@@ -141,16 +143,19 @@ def test_seeds_and_additional_experiments_in_the_report(cli, tmp_path):
     assert cli('MNIST_train.py', '--setting', '5', '--epochs', '1').returncode == 0
     folder = tmp_path / 'out' / 'setting_2'
     assert sorted(p.name for p in folder.iterdir()) == ['seed_0', 'seed_1', 'seed_2']
-    seeds = [json.loads((folder / f'seed_{s}' / 'history.json').read_text())['seed'] for s in range(3)]
+    seeds = [json.loads((folder / f'seed_{s}' / 'history.json').read_text(encoding='utf-8'))['seed'] for s in range(3)]
     assert seeds == [0, 1, 2]
     evaluated = cli('MNIST_evaluation.py')
     assert evaluated.returncode == 0, evaluated.stderr
     for s in range(3):
         assert f'Setting 2 seed {s}: accuracy of the' in evaluated.stdout
-    report = (tmp_path / 'out' / 'report.md').read_text()
+    report = (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
     row = next(line for line in report.splitlines() if line.startswith('| Setting #2'))
     accuracy, epoch = row.strip('|').split('|')[-1], row.strip('|').split('|')[-2]
     assert '±' in accuracy and '±' in epoch
+    with open(tmp_path / 'out' / 'report.csv', encoding='utf-8-sig', newline='') as f:
+        rows = {row['Setting']: row for row in csv.DictReader(f)}
+    assert rows['2']['Accuracy'] == accuracy.strip() and rows['2']['Early stopping epoch'] == epoch.strip()
     extra = report.split('## Additional experiments')[1]
     assert '| Setting #5 | activation=sigmoid, init=xavier |' in extra
 
