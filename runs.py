@@ -122,7 +122,7 @@ def run_script(main, interrupted='Interrupted.'):
         fail(f'cannot write {e.filename}: {reason if full else e.strerror}')
 
 
-def save_atomic(path, write, patience=5.0):
+def save_atomic(path, write, patience=3.0):
     """Write a file so that it is either complete or as it was: write(buffer) in memory (so that a full disk is an
     OSError naming the file, whatever the writer), then a temp file, fsync, rename. On Windows the rename fails
     while another program has the file open (Excel, a viewer, a virus scanner): it is tried again for `patience`
