@@ -1,7 +1,9 @@
 """Measure each trained setting's best checkpoint on the MNIST test split and write the evaluation report.
 
-python MNIST_evaluation.py               # every trained setting under saved_model/
-python MNIST_evaluation.py --setting 2   # one setting
+python MNIST_evaluation.py                 # every trained setting under saved_model/
+python MNIST_evaluation.py --setting 2     # one setting
+python MNIST_evaluation.py --image my.png  # your own digits: image files or folders of them
+python MNIST_evaluation.py --draw          # draw digits with the mouse
 """
 
 import json
@@ -11,7 +13,10 @@ import sys
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.widgets import Button
+from PIL import Image, ImageDraw
 
+import digits
 import runs
 from MNIST_model import Config, build_model, data_load, predict, setting
 from MNIST_train import plot_val_accuracy
@@ -20,15 +25,20 @@ from MNIST_train import plot_val_accuracy
 NAMES = {'relu': 'ReLU', 'leaky_relu': 'Leaky ReLU (0.1)', 'elu': 'ELU', 'maxout': 'Maxout (2)'}
 
 
-def evaluate_run(folder, x, y, device):
-    """Test logits and accuracy of a run's best checkpoint, with its history; ValueError says what is wrong."""
+def load_run(folder, device):
+    """A run's best-epoch network, its checkpoint and its history; ValueError says what is wrong."""
     try:
         with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
             history = json.load(f)
         model = build_model({**Config.base, **history['hyperparameters']}).to(device)
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again') from None
-    checkpoint = runs.load_checkpoint(runs.best_checkpoint(folder), device, model)
+    return model, runs.load_checkpoint(runs.best_checkpoint(folder), device, model), history
+
+
+def evaluate_run(folder, x, y, device):
+    """Test logits and accuracy of a run's best checkpoint, with its history; ValueError says what is wrong."""
+    model, checkpoint, history = load_run(folder, device)
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
     return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
@@ -158,14 +168,148 @@ def write_report(rows, x, y, out_dir):
     plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
+def chosen_run(names, out_dir, device):
+    """Of these settings' trained runs, the one with the highest validation accuracy (never the test's):
+    (label, network, checkpoint path, validation accuracy)."""
+    loaded = []
+    for name in names:
+        folders = runs.run_folders(out_dir, name)
+        for folder in folders:
+            try:
+                model, _, history = load_run(folder, device)
+            except ValueError as e:
+                print(f'Setting {name}: skipped: {e}', file=sys.stderr)
+                continue
+            label = f'Setting {name}' + (f' seed {history["seed"]}' if len(folders) > 1 else '')
+            loaded.append((label, model, runs.best_checkpoint(folder), history['best_val_accuracy']))
+    if not loaded:
+        runs.fail(f'no trained setting in {out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
+    return max(loaded, key=lambda run: run[3])
+
+
+def show_reading(axes, image, x, probabilities, title):
+    """Three panels: an image as given, the 28x28 that the network sees, and the ten probabilities it gives."""
+    for ax in axes:
+        ax.clear()
+    axes[0].imshow(image, cmap='gray', vmin=0, vmax=255)
+    axes[1].imshow(x.view(28, 28), cmap='gray', vmin=0, vmax=1)
+    axes[0].set(title=title, xticks=[], yticks=[])
+    axes[1].set(title='what the network sees', xticks=[], yticks=[])
+    bars = axes[2].bar(range(10), 100 * probabilities, color='tab:gray')
+    digit = probabilities.argmax().item()
+    bars[digit].set_color('tab:blue')
+    read = f'reads {digit} ({probabilities[digit]:.1%})' if probabilities.any() else 'draw a digit'
+    axes[2].set(title=read, xticks=range(10), ylim=(0, 100), ylabel='probability (%)')
+
+
+def read_images(paths, model, out_dir):
+    """Print what the network reads in each image file (or folder of them) and write own_digits.png and
+    own_digits.csv; returns how many could not be read."""
+    readings, failed = [], 0
+    for file in (file for path in paths for file in digits.image_files(path)):
+        try:
+            image = digits.read_image(file)
+            readings.append((file, image, digits.normalise(image)))
+        except ValueError as e:
+            print(f'error: {file}: {e}', file=sys.stderr)
+            failed += 1
+    if not readings:
+        return failed
+    probabilities = predict(model, torch.stack([x for _, _, x in readings])).softmax(1)
+    shown = min(len(readings), 24)  # more would make a picture too long to look at, and slow to draw
+    fig, axes = plt.subplots(
+        shown, 3, figsize=(9, 2.6 * shown), width_ratios=[1, 1, 1.6], squeeze=False, layout='constrained'
+    )
+    rows = [['image', 'digit', *range(10)]]
+    for k, ((file, image, x), p) in enumerate(zip(readings, probabilities)):
+        first, second = p.topk(2).indices.tolist()
+        print(f'{file}: {first} ({p[first]:.1%}), then {second} ({p[second]:.1%})')
+        if k < shown:
+            show_reading(axes[k], image, x, p, os.path.basename(file))
+        rows.append([file, first, *(f'{q:.4f}' for q in p.tolist())])
+    runs.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
+    runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
+    more = f' (the first {shown})' if shown < len(readings) else ''
+    print(f'Picture{more}: {os.path.join(out_dir, "own_digits.png")}; every image in own_digits.csv beside it')
+    return failed
+
+
+def draw(model, title):
+    """A window to draw a digit in with the mouse. After each stroke it shows what the network sees and reads;
+    the button clears the paper. Returns the figure and the button, which must be kept."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4), width_ratios=[1, 1, 1.6], layout='constrained')
+    fig.suptitle(title)
+    paper = Image.new('L', (280, 280), 255)
+    pen, last = ImageDraw.Draw(paper), []
+
+    def show():
+        try:
+            x = digits.normalise(paper)
+            probabilities = predict(model, x[None]).softmax(1)[0]
+        except ValueError:  # blank paper
+            x, probabilities = torch.zeros(784), torch.zeros(10)
+        show_reading(axes, paper, x, probabilities, 'draw here')
+        fig.canvas.draw_idle()
+
+    def stroke(event):  # a line as thick as MNIST's, once the digit is scaled to MNIST's size
+        if last and event.inaxes is axes[0]:
+            (x0, y0), (x1, y1) = last[0], (event.xdata, event.ydata)
+            pen.line([x0, y0, x1, y1], fill=0, width=30)
+            pen.ellipse([x1 - 15, y1 - 15, x1 + 15, y1 + 15], fill=0)
+            last[:] = [(x1, y1)]
+            axes[0].images[0].set_data(paper)
+            fig.canvas.draw_idle()
+
+    def press(event):
+        if event.inaxes is axes[0]:
+            last[:] = [(event.xdata, event.ydata)]
+            stroke(event)
+
+    def release(event):
+        if last:
+            last.clear()
+            show()
+
+    def clear(event):
+        pen.rectangle([0, 0, 280, 280], fill=255)
+        show()
+
+    fig.canvas.mpl_connect('button_press_event', press)
+    fig.canvas.mpl_connect('motion_notify_event', stroke)
+    fig.canvas.mpl_connect('button_release_event', release)
+    button = Button(fig.add_axes([0.01, 0.02, 0.07, 0.08]), 'Clear')
+    button.on_clicked(clear)
+    show()
+    return fig, button
+
+
+def own_digits(args):
+    """--image and --draw: the network that validated best reads your own digits."""
+    label, model, path, accuracy = chosen_run(args.setting or list(Config.settings), args.out_dir, args.device)
+    print(f'Reading with {label} ({path}, validation accuracy {100 * accuracy:.2f}%)')
+    if args.image:
+        return 1 if read_images(args.image, model, args.out_dir) else 0
+    fig, button = draw(model, f'{label}: draw a digit with the mouse')
+    if fig.canvas.required_interactive_framework is None:  # matplotlib found no display or no GUI toolkit
+        runs.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
+    plt.show()
+    return 0
+
+
 def main(argv=None):
-    runs.start_process()
     p = runs.common_parser(
         Config,
         'Measure each trained setting on the MNIST test split and write report.md, report.csv and their pictures.',
-        help='setting(s) to evaluate (default: every trained one)',
+        help='setting(s) to evaluate (default: every trained one); with --image or --draw, the setting(s) to '
+        'choose from (default: the trained one with the best validation accuracy)',
     )
+    own = p.add_mutually_exclusive_group()
+    own.add_argument('--image', nargs='+', metavar='PATH', help='read your own digits: image files or folders')
+    own.add_argument('--draw', action='store_true', help='draw digits with the mouse in a window')
     args = p.parse_args(argv)
+    runs.start_process(window=args.draw)
+    if args.image or args.draw:
+        return own_digits(args)
     names = args.setting or list(Config.settings)
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
     x, y = (t.to(args.device) for t in data_load(args.data_dir, train=False))

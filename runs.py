@@ -89,11 +89,12 @@ def terminated(signum, frame):
     raise Terminated
 
 
-def start_process():
+def start_process(window=False):
     """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
-    to files; denormal floats, which weight decay breeds in blank pixels' weights and which slow CPUs, are zero;
-    SIGTERM stops the script as Ctrl-C does."""
-    matplotlib.use('Agg')
+    to files unless a window is asked for; denormal floats, which weight decay breeds in blank pixels' weights and
+    which slow CPUs, are zero; SIGTERM stops the script as Ctrl-C does."""
+    if not window:
+        matplotlib.use('Agg')
     torch.set_flush_denormal(True)
     signal.signal(signal.SIGTERM, terminated)
 

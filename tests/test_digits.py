@@ -1,0 +1,111 @@
+"""Your own digit: --image reads photos of digits as well as the test images; --draw reads the mouse's strokes."""
+
+import csv
+import os
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from matplotlib.backend_bases import MouseEvent
+from PIL import Image
+
+import MNIST_evaluation
+import MNIST_train
+from MNIST_model import RAW_FILES, MNIST_model, data_load, predict
+from tests.conftest import ROOT
+from tests.photos import photo
+from tests.test_reliability import assert_clean_error
+
+REAL = os.path.join(ROOT, 'dataset')
+
+
+@pytest.mark.skipif(
+    not all(os.path.isfile(os.path.join(REAL, 'MNIST', 'raw', f)) for f in RAW_FILES),
+    reason=f'real MNIST not found in {REAL}',
+)
+def test_photos_of_the_test_digits_read_as_well_as_the_test_digits(tmp_path):
+    """Dark ink on unevenly lit paper, 3 to 10 times larger, off centre, JPEG or RGBA on a transparent
+    background: after MNIST's normalisation the network reads them within 2 points of the test images."""
+    common = ['--setting', '2', '--device', 'cpu', '--data-dir', REAL, '--out-dir', str(tmp_path)]
+    assert MNIST_train.main([*common, '--epochs', '1']) == 0
+    x, y = (t[:600] for t in data_load(REAL, train=False))
+    model, _, _ = MNIST_evaluation.load_run(tmp_path / 'setting_2', 'cpu')
+    plain = 100 * (predict(model, x).argmax(1) == y).float().mean().item()
+    (tmp_path / 'photos').mkdir()
+    labels = {str(photo(x[i], i, tmp_path / 'photos')): y[i].item() for i in range(len(x))}
+    assert MNIST_evaluation.main([*common, '--image', str(tmp_path / 'photos')]) == 0
+    with open(tmp_path / 'own_digits.csv', encoding='utf-8-sig', newline='') as f:
+        read = {row['image']: int(row['digit']) for row in csv.DictReader(f)}
+    assert read.keys() == labels.keys()
+    photos = 100 * sum(read[p] == label for p, label in labels.items()) / len(labels)
+    assert plain > 80 and abs(photos - plain) <= 2, (photos, plain)
+
+
+def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(cli, tmp_path):
+    images = tmp_path / 'images'
+    (images / 'empty').mkdir(parents=True)
+    digit = torch.zeros(784)
+    digit.view(28, 28)[6:22, 12:16] = 1  # a 1
+    good = [photo(digit, i, images) for i in range(2)]
+    (images / 'notes.png').write_text('not an image', encoding='utf-8')
+    (images / 'cut.png').write_bytes(good[0].read_bytes()[:300])
+    Image.new('RGB', (120, 90), (235, 235, 230)).save(images / 'blank.png')
+    Image.new('L', (8000, 8000), 255).save(images / 'huge.png')
+    bad = {
+        images / 'notes.png': 'not a PNG, JPEG, BMP, GIF or WebP image',
+        images / 'cut.png': 'the image is damaged or truncated',
+        images / 'blank.png': 'no ink: the image is blank',
+        images / 'huge.png': 'the image is larger than 40 megapixels; scale it down',
+        images / 'empty': 'the folder holds no images',
+        tmp_path / 'missing.png': 'no such file or folder',
+    }
+    untrained = cli('MNIST_evaluation.py', '--image', *good)
+    assert_clean_error(untrained, 'no trained setting', 'train one first, e.g. python MNIST_train.py --setting 2')
+    for name in ('1', '2'):
+        assert cli('MNIST_train.py', '--setting', name, '--epochs', '1').returncode == 0
+    result = cli('MNIST_evaluation.py', '--image', images, images / 'empty', tmp_path / 'missing.png')
+    assert_clean_error(result, *(f'error: {path}: {reason}' for path, reason in bad.items()))
+    assert result.stderr.count('\n') == len(bad)  # one sentence each
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('Reading with Setting ') and 'validation accuracy' in lines[0]
+    assert [line.split(':')[0] for line in lines[1:3]] == [str(path) for path in good]
+    assert all(line.split(': ')[1][0].isdigit() and ', then ' in line for line in lines[1:3])
+    assert (tmp_path / 'out' / 'own_digits.png').stat().st_size > 0
+    chosen = cli('MNIST_evaluation.py', '--image', good[0], '--setting', '1')
+    assert chosen.returncode == 0 and chosen.stdout.startswith('Reading with Setting 1 (')
+
+
+def click(fig, ax, x, y, name, button=1):
+    """A mouse event at data coordinates (x, y) of `ax`, through matplotlib's own event handling."""
+    px, py = ax.transData.transform((x, y))
+    fig.canvas.callbacks.process(name, MouseEvent(name, fig.canvas, px, py, button=button))
+
+
+def test_drawing_a_digit_shows_what_the_network_sees_and_reads_and_clear_empties_it():
+    fig, button = MNIST_evaluation.draw(MNIST_model().eval(), 'test')
+    paper, seen, chart = fig.axes[:3]
+    assert not seen.images[0].get_array().any() and chart.get_title() == 'draw a digit'
+    click(fig, paper, 200, 40, 'button_press_event')
+    for x, y in [(200, 80), (180, 140), (160, 200), (150, 250)]:  # a long, slanted stroke, off to one side
+        click(fig, paper, x, y, 'motion_notify_event')
+    click(fig, paper, 150, 250, 'button_release_event')
+    x = torch.tensor(seen.images[0].get_array())
+    assert x.shape == (28, 28) and x.max() == 1
+    centre = [(x.sum(1 - axis) * torch.arange(28)).sum() / x.sum() for axis in (0, 1)]
+    assert all(abs(c - 14) <= 0.5 for c in centre)  # centred by its mass, as MNIST's digits
+    across = (x > 0.5).sum(1)
+    assert 2 <= across[across > 0].float().median() <= 4  # a stroke as thick as MNIST's: 3 pixels across
+    assert chart.get_title().startswith('reads ')
+    clear = button.ax.transAxes.transform((0.5, 0.5))
+    for name in ('button_press_event', 'button_release_event'):
+        fig.canvas.callbacks.process(name, MouseEvent(name, fig.canvas, *clear, button=1))
+    assert not seen.images[0].get_array().any() and chart.get_title() == 'draw a digit'
+    assert paper.images[0].get_array().min() == 255  # blank paper
+    plt.close(fig)
+
+
+def test_draw_without_a_window_says_so_and_points_to_image(cli):
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    result = cli('MNIST_evaluation.py', '--draw', env={**os.environ, 'MPLBACKEND': 'agg'})
+    assert_clean_error(result, 'no window can open here', '--image')
+    assert result.stderr.count('\n') == 1
