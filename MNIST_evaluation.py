@@ -216,7 +216,7 @@ def read_images(paths, model, out_dir):
     if not readings:
         return failed
     probabilities = predict(model, torch.stack([x for _, _, x in readings])).softmax(1)
-    shown = min(len(readings), 24)  # more would make a picture too long to look at, and slow to draw
+    shown = min(len(readings), 12)  # more would make a picture too long to look at, and slow to draw
     fig, axes = plt.subplots(
         shown, 3, figsize=(9, 2.6 * shown), width_ratios=[1, 1, 1.6], squeeze=False, layout='constrained'
     )

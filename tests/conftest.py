@@ -1,10 +1,14 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 
+import MNIST_evaluation
+import MNIST_train
+import runs
 from tests.idx import write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +61,48 @@ def cli(tmp_path, data_dir):
         return subprocess.run([*cmd, '--out-dir', str(out)], encoding='utf-8', timeout=timeout, cwd=tmp_path, **options)
 
     return run
+
+
+@pytest.fixture
+def run_main(tmp_path, data_dir, capsys, monkeypatch):
+    """Run one of the scripts in this process, as its command line does (runs.run_script around main, the exit
+    status, standard output and error), without the second of start-up and torch import that a new Python costs.
+    For the tests where no signal, pipe or process boundary is what they test."""
+
+    def run(script, *args, data=data_dir, out=tmp_path / 'out'):
+        main = {'MNIST_train.py': MNIST_train.main, 'MNIST_evaluation.py': MNIST_evaluation.main}[script]
+        argv = [*map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
+        monkeypatch.chdir(tmp_path)  # where cli runs the scripts
+        capsys.readouterr()
+        try:
+            code = runs.run_script(lambda: main(argv))
+        except SystemExit as e:
+            code = e.code
+            if isinstance(code, str):  # as Python ends a process: the message to standard error, status 1
+                print(code, file=sys.stderr)
+                code = 1
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope='session')
+def trained_once(tmp_path_factory):
+    """Settings 1, 2 and 5 trained for one epoch on the small synthetic data, once for the whole test run."""
+    root = tmp_path_factory.mktemp('trained')
+    write_mnist(root / 'data' / 'MNIST' / 'raw')
+    for name in ('1', '2', '5'):
+        args = ['--setting', name, '--epochs', '1', '--device', 'cpu', '--data-dir', str(root / 'data')]
+        assert MNIST_train.main([*args, '--out-dir', str(root / 'out')]) == 0
+    return root / 'out'
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path, data_dir):
+    """A copy of those trained settings in tmp_path/out, for a test to damage or evaluate."""
+    shutil.copytree(trained_once, tmp_path / 'out')
+    return tmp_path / 'out'
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, script_env
 from tests.test_reliability import history_without_times
 
 
-def test_jobs_train_every_run_with_their_share_of_the_cores(cli, tmp_path, start_method):
+def test_jobs_train_every_run_with_their_share_of_the_cores(cli, run_main, tmp_path, start_method):
     result = cli('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2', '--jobs', '2', '--device', 'cpu')
     assert result.returncode == 0, result.stderr
     for seed in (0, 1):
@@ -25,7 +25,7 @@ def test_jobs_train_every_run_with_their_share_of_the_cores(cli, tmp_path, start
             (tmp_path / 'out' / 'setting_2' / f'seed_{seed}' / 'history.json').read_text(encoding='utf-8')
         )
         assert history['seed'] == seed and history['threads'] == max(1, torch.get_num_threads() // 2)
-    sequential = cli(
+    sequential = run_main(
         'MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2', '--device', 'cpu', out=tmp_path / 'seq'
     )
     assert sequential.returncode == 0
@@ -80,7 +80,9 @@ def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(big_
         folder = tmp_path / 'out' / 'setting_2' / f'seed_{seed}'
         done.append(len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']))
         assert done[-1] >= 1 and torch.load(folder / 'last.pth', weights_only=True)['epoch'] == done[-1]
-    resumed = cli('MNIST_train.py', *args[:4], '--epochs', max(done) + 1, *args[6:], '--resume', data=big_data)
+    resume = [*args[:4], '--epochs', max(done) + 1, *args[6:], '--resume']
+    # The stop is what differs between the start methods; forked workers resume without a second torch import
+    resumed = cli('MNIST_train.py', *resume, data=big_data, env=script_env(MNIST_START_METHOD='fork'))
     assert resumed.returncode == 0, resumed.stderr
     for seed in (0, 1):
         assert len(history_without_times(tmp_path / 'out', f'2/seed_{seed}')) == max(done) + 1
@@ -130,7 +132,7 @@ def test_weight_decay_sweep_rows():
         assert h['epochs'] == 100 and h['batch_size'] == 200
 
 
-def test_sweep_report_and_plot_merge_runs_written_by_separate_processes(tmp_path, data_dir, cli):
+def test_sweep_report_and_plot_merge_runs_written_by_separate_processes(tmp_path, data_dir, run_main):
     """Three processes, as three tasks of a cluster job array, write into one output folder at the same time."""
     names = ['Adam-0', 'Adam-0.01', 'AdamW-0.01']
     procs = [
@@ -151,7 +153,7 @@ def test_sweep_report_and_plot_merge_runs_written_by_separate_processes(tmp_path
         for name in names
     ]
     assert all(p.wait(timeout=300) == 0 for p in procs)
-    result = cli('MNIST_evaluation.py')
+    result = run_main('MNIST_evaluation.py')
     assert result.returncode == 0, result.stderr
     report = (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
     sweep = report.split('## Weight decay sweep')[1]

@@ -1,6 +1,8 @@
 import csv
+import errno
 import glob
 import json
+import math
 import os
 import pickle
 import signal
@@ -95,7 +97,7 @@ def test_resume_after_sigkill_gives_the_same_run(reference, tmp_path):
 
 @posix_signals
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
-def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig, cli):
+def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig, run_main):
     """Ctrl-C, or SIGTERM from kill, timeout or a scheduler's time limit: exit status 128 + the signal's number,
     and a resume command that a shell runs as printed, also for a folder name with a space and brackets."""
     data, expected = reference
@@ -110,7 +112,7 @@ def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig
     assert resumed.returncode == 0, resumed.stderr
     assert history_without_times(out) == expected[0]
     assert_same_state(best_state(out), expected[1])
-    assert cli('MNIST_evaluation.py', '--device', 'cpu', data=data, out=out).returncode == 0
+    assert run_main('MNIST_evaluation.py', '--device', 'cpu', data=data, out=out).returncode == 0
     assert evaluated(out) == expected[2]
 
 
@@ -127,28 +129,27 @@ os.replace = replace
 
 
 @posix_signals
-def test_kill_during_a_checkpoint_write_loses_nothing(harness, data_dir, tmp_path):
+def test_kill_during_a_checkpoint_write_loses_nothing(harness, run_main, tmp_path):
     args = ('--setting', '2', '--epochs', '5', '--device', 'cpu')
-    expected = harness('MNIST_train', '', *args, out=tmp_path / 'ref')
-    assert expected.returncode == 0
+    assert run_main('MNIST_train.py', *args, out=tmp_path / 'ref').returncode == 0
     killed = harness('MNIST_train', KILL_DURING_WRITE, *args)
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / 'out' / 'setting_2'
     assert torch.load(folder / 'last.pth', weights_only=True)['epoch'] == 2  # the old state is intact
-    assert harness('MNIST_train', '', *args, '--resume').returncode == 0
+    assert run_main('MNIST_train.py', *args, '--resume').returncode == 0
     assert not glob.glob(str(folder / '*.tmp'))
     assert history_without_times(tmp_path / 'out') == history_without_times(tmp_path / 'ref')
     assert_same_state(best_state(tmp_path / 'out'), best_state(tmp_path / 'ref'))
 
 
-def test_existing_results_are_not_overwritten(cli, tmp_path):
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
+def test_existing_results_are_not_overwritten(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
     folder = tmp_path / 'out' / 'setting_2'
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    again = cli('MNIST_train.py', '--setting', '2', '--epochs', '2')
+    again = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2')
     assert_clean_error(again, 'already holds results', '--resume', '--force')
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    forced = cli('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force')
+    forced = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force')
     assert forced.returncode == 0
     assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 1
 
@@ -167,66 +168,62 @@ def test_existing_results_are_not_overwritten(cli, tmp_path):
         (['--epochs', '3'], 'required: --setting'),
     ],
 )
-def test_bad_arguments(cli, tmp_path, args, phrase):
-    assert_clean_error(cli('MNIST_train.py', *args), phrase)
+def test_bad_arguments(run_main, tmp_path, args, phrase):
+    assert_clean_error(run_main('MNIST_train.py', *args), phrase)
     assert not (tmp_path / 'out').exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
-def test_cuda_without_a_gpu(cli):
-    assert_clean_error(cli('MNIST_train.py', '--setting', '1', '--device', 'cuda'), 'no such device here')
-    assert_clean_error(cli('MNIST_evaluation.py', '--device', 'cuda'), 'no such device here')
+def test_cuda_without_a_gpu(run_main):
+    assert_clean_error(run_main('MNIST_train.py', '--setting', '1', '--device', 'cuda'), 'no such device here')
+    assert_clean_error(run_main('MNIST_evaluation.py', '--device', 'cuda'), 'no such device here')
 
 
-NO_LOCKS = """
-import errno, fcntl, os
-def flock(fd, operation):  # as on a network folder without locks
-    raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-fcntl.flock = flock
-"""
+def test_a_folder_that_cannot_be_locked_trains_after_one_warning(run_main, tmp_path, monkeypatch):
+    fcntl = pytest.importorskip('fcntl', reason='Windows locks with msvcrt')
 
+    def flock(fd, operation):  # as on a network folder without locks
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
 
-@pytest.mark.skipif(sys.platform == 'win32', reason='locks with msvcrt, not fcntl, on Windows')
-def test_a_folder_that_cannot_be_locked_trains_after_one_warning(harness, tmp_path):
-    result = harness('MNIST_train', NO_LOCKS, '--setting', '2', '--epochs', '2', '--device', 'cpu')
+    monkeypatch.setattr(fcntl, 'flock', flock)
+    result = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--device', 'cpu')
     assert result.returncode == 0, result.stderr
     folder = tmp_path / 'out' / 'setting_2'
     assert result.stderr.count('warning') == 1 and f'warning: {folder} cannot be locked' in result.stderr
     assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 2
 
 
-HELD_OPEN = """
-import os
-real_replace, refused = os.replace, []
-def replace(src, dst):
-    if dst.endswith('report.csv') and len(refused) < {times}:
-        refused.append(dst)
-        raise PermissionError(13, 'Permission denied')  # what Windows says while another program has dst open
-    real_replace(src, dst)
-os.replace = replace
-"""
+def test_a_file_held_open_by_another_program_is_tried_again_then_named(run_main, trained, monkeypatch):
+    real_replace, refused = os.replace, []
 
+    def replace(src, dst):
+        if str(dst).endswith('report.csv') and len(refused) < times:
+            refused.append(dst)
+            raise PermissionError(13, 'Permission denied')  # what Windows says while another program has dst open
+        real_replace(src, dst)
 
-def test_a_file_held_open_by_another_program_is_tried_again_then_named(cli, harness, tmp_path):
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
-    report = tmp_path / 'out' / 'report.csv'
-    briefly = harness('MNIST_evaluation', HELD_OPEN.format(times=3))  # a virus scanner reading it
-    assert briefly.returncode == 0, briefly.stderr
+    monkeypatch.setattr(os, 'replace', replace)
+    report = trained / 'report.csv'
+    times = 3  # a virus scanner reading it
+    briefly = run_main('MNIST_evaluation.py')
+    assert briefly.returncode == 0 and len(refused) == 3, briefly.stderr
     assert report.exists()
     report.unlink()
-    held = harness('MNIST_evaluation', HELD_OPEN.format(times=10**9))  # open in Excel
+    times = 10**9  # open in Excel
+    held = run_main('MNIST_evaluation.py')
     assert_clean_error(held, f'error: cannot write {report}: another program keeps it open; close that program')
     assert held.stderr.count('\n') == 1 and not report.exists() and not list(report.parent.glob('*.tmp'))
 
 
-def test_missing_dataset_offline(cli, tmp_path):
-    dead_proxy = {**os.environ, 'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}
-    result = cli('MNIST_train.py', '--setting', '1', data=tmp_path / 'empty', env=dead_proxy)
+def test_missing_dataset_offline(run_main, tmp_path, monkeypatch):
+    monkeypatch.setenv('http_proxy', 'http://127.0.0.1:9')
+    monkeypatch.setenv('https_proxy', 'http://127.0.0.1:9')
+    result = run_main('MNIST_train.py', '--setting', '1', data=tmp_path / 'empty')
     assert_clean_error(result, os.path.join(str(tmp_path / 'empty'), 'MNIST', 'raw'), *RAW_FILES)
 
 
 @pytest.mark.parametrize('damage', ['magic', 'truncated', 'empty', 'label count'])
-def test_damaged_idx_files(cli, data_dir, damage):
+def test_damaged_idx_files(run_main, data_dir, damage):
     raw = data_dir / 'MNIST' / 'raw'
     images = raw / 'train-images-idx3-ubyte'
     data = images.read_bytes()
@@ -238,7 +235,7 @@ def test_damaged_idx_files(cli, data_dir, damage):
         images.write_bytes(b'')
     else:
         write_idx(raw / 'train-labels-idx1-ubyte', torch.zeros(10, dtype=torch.uint8))
-    result = cli('MNIST_train.py', '--setting', '1', '--epochs', '1')
+    result = run_main('MNIST_train.py', '--setting', '1', '--epochs', '1')
     assert_clean_error(result, 'replace')
     assert 'train-' in result.stderr and str(raw) in result.stderr
 
@@ -271,67 +268,50 @@ def damage_checkpoint(path, kind):
 
 
 @pytest.mark.parametrize('kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'pickled code'])
-def test_damaged_checkpoint_is_skipped(cli, data_dir, tmp_path, kind):
-    for name in ('1', '2'):
-        assert (
-            MNIST_train.main(
-                [
-                    '--setting',
-                    name,
-                    *'--epochs 1 --device cpu --data-dir'.split(),
-                    str(data_dir),
-                    '--out-dir',
-                    str(tmp_path / 'out'),
-                ]
-            )
-            == 0
-        )
-    (path,) = (tmp_path / 'out' / 'setting_1').glob('epoch_*.pth')
+def test_damaged_checkpoint_is_skipped(run_main, trained, tmp_path, kind):
+    (path,) = (trained / 'setting_1').glob('epoch_*.pth')
     damage_checkpoint(path, kind)
-    result = cli('MNIST_evaluation.py')
+    result = run_main('MNIST_evaluation.py', '--device', 'cpu')
     assert_clean_error(result, 'Setting 1: skipped', str(path))
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
-    assert '| Setting #2 |' in (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
+    assert '| Setting #2 |' in (trained / 'report.md').read_text(encoding='utf-8')
     assert not (tmp_path / 'pwned').exists()
 
 
-def test_resume_refuses_a_checkpoint_with_code(cli, tmp_path):
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
-    (tmp_path / 'out' / 'setting_2' / 'last.pth').write_bytes(pickle.dumps({'epoch': 1, 'x': Exploit()}))
-    result = cli('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume')
+def test_resume_refuses_a_checkpoint_with_code(run_main, trained):
+    (trained / 'setting_2' / 'last.pth').write_bytes(pickle.dumps({'epoch': 1, 'x': Exploit()}))
+    result = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume')
     assert_clean_error(result, 'refused', '--force')
-    assert not (tmp_path / 'pwned').exists()
+    assert not (trained.parent / 'pwned').exists()
 
 
-def test_resume_extends_a_finished_run_unless_its_schedule_spans_the_epochs(cli, tmp_path):
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume').returncode == 0
+def test_resume_extends_a_finished_run_unless_its_schedule_spans_the_epochs(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume').returncode == 0
     history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
     assert [e['epoch'] for e in history['epochs']] == [1, 2] and history['hyperparameters']['epochs'] == 2
-    assert cli('MNIST_train.py', '--setting', 'best', '--epochs', '1').returncode == 0
-    refused = cli('MNIST_train.py', '--setting', 'best', '--epochs', '2', '--resume')
+    assert run_main('MNIST_train.py', '--setting', 'best', '--epochs', '1').returncode == 0
+    refused = run_main('MNIST_train.py', '--setting', 'best', '--epochs', '2', '--resume')
     assert_clean_error(refused, 'other epochs', '--force')
 
 
-def test_unwritable_output_folder(cli, tmp_path):
+def test_unwritable_output_folder(run_main, tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('not a folder', encoding='utf-8')
-    assert_clean_error(cli('MNIST_train.py', '--setting', '1', out=blocker / 'out'), 'cannot create', str(blocker))
+    result = run_main('MNIST_train.py', '--setting', '1', out=blocker / 'out')
+    assert_clean_error(result, 'cannot create', str(blocker))
     assert blocker.read_text(encoding='utf-8') == 'not a folder'
 
 
-DIVERGE_AT_3 = """
-import math, MNIST_train
-real_train, epochs = MNIST_train.train, []
-def train(*args):
-    epochs.append(1)
-    return math.nan if len(epochs) == 3 else real_train(*args)
-MNIST_train.train = train
-"""
+def test_divergence_stops_the_setting_and_keeps_the_best(run_main, tmp_path, monkeypatch):
+    real_train, epochs = MNIST_train.train, []
 
+    def train(*args):
+        epochs.append(1)
+        return math.nan if len(epochs) == 3 else real_train(*args)
 
-def test_divergence_stops_the_setting_and_keeps_the_best(harness, tmp_path):
-    result = harness('MNIST_train', DIVERGE_AT_3, '--setting', '2', '--epochs', '5', '--device', 'cpu')
+    monkeypatch.setattr(MNIST_train, 'train', train)
+    result = run_main('MNIST_train.py', '--setting', '2', '--epochs', '5', '--device', 'cpu')
     assert_clean_error(result, 'diverged at epoch 3', 'keeping the best checkpoint')
     folder = tmp_path / 'out' / 'setting_2'
     assert [p.name for p in folder.glob('epoch_*.pth')] == ['epoch_2.pth']
@@ -387,12 +367,22 @@ def test_resume_state_holds_every_generator_and_checkpoints_hold_cpu_tensors(dat
     assert len(everything) > 10 and all(t.device.type == 'cpu' for t in everything)
 
 
-def test_resume_with_schedule_and_distortions(harness, tmp_path):
+def test_resume_with_schedule_and_distortions(run_main, tmp_path, monkeypatch):
     """The 'best' recipe draws random numbers and schedules its learning rate: resuming restores both."""
     args = ('--setting', 'best', '--epochs', '4', '--device', 'cpu')
-    assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
-    assert harness('MNIST_train', CTRL_C_AT_3, *args).returncode == 130
-    assert harness('MNIST_train', '', *args, '--resume').returncode == 0
+    assert run_main('MNIST_train.py', *args, out=tmp_path / 'ref').returncode == 0
+    real_train, epochs = MNIST_train.train, []
+
+    def train(*args):
+        epochs.append(1)
+        if len(epochs) == 3:
+            raise KeyboardInterrupt
+        return real_train(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MNIST_train, 'train', train)
+        assert run_main('MNIST_train.py', *args).returncode == 130
+    assert run_main('MNIST_train.py', *args, '--resume').returncode == 0
     assert history_without_times(tmp_path / 'out', 'best') == history_without_times(tmp_path / 'ref', 'best')
     assert_same_state(best_state(tmp_path / 'out', 'best'), best_state(tmp_path / 'ref', 'best'))
 
@@ -405,9 +395,9 @@ resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 
 
 @pytest.mark.skipif(sys.platform == 'win32', reason='no file-size limit (resource) on Windows')
-def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(harness, data_dir, tmp_path):
+def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(harness, run_main, tmp_path):
     args = ('--setting', '2', '--epochs', '4', '--device', 'cpu')
-    assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
+    assert run_main('MNIST_train.py', *args, out=tmp_path / 'ref').returncode == 0
     folder = tmp_path / 'out' / 'setting_2'
     limit = (tmp_path / 'ref' / 'setting_2' / 'last.pth').stat().st_size - 1  # the final state no longer fits
     code = FILE_SIZE_LIMIT.format(limit=limit)
@@ -417,12 +407,12 @@ def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(har
     state = torch.load(folder / 'last.pth', weights_only=True)  # the previous state, whole
     assert 1 <= state['epoch'] < 4 and not glob.glob(str(folder / '*.tmp'))
     assert json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs'][-1]['epoch'] == state['epoch']
-    assert harness('MNIST_train', '', *args, '--resume').returncode == 0  # space freed: continue
+    assert run_main('MNIST_train.py', *args, '--resume').returncode == 0  # space freed: continue
     assert history_without_times(tmp_path / 'out') == history_without_times(tmp_path / 'ref')
     assert_same_state(best_state(tmp_path / 'out'), best_state(tmp_path / 'ref'))
 
 
-def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_data, tmp_path, cli):
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_data, tmp_path, run_main):
     cmd = [
         sys.executable,
         os.path.join(ROOT, 'MNIST_train.py'),
@@ -440,23 +430,20 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_d
     )
     assert 'epoch   1/1000' in first.stdout.readline()  # the first run is writing
     for extra in ([], ['--resume'], ['--force']):
-        second = cli('MNIST_train.py', '--setting', '2', '--epochs', '2', *extra, data=big_data)
+        second = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', *extra, data=big_data)
         assert_clean_error(second, f'another run is writing {tmp_path / "out" / "setting_2"}')
     assert first.poll() is None  # still training, undisturbed
     first.kill()
     first.communicate()
-    again = cli('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force', data=big_data)
+    again = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force', data=big_data)
     assert again.returncode == 0  # no stale lock
 
 
-def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(cli, tmp_path):
-    for name in ('1', '2', '5'):
-        assert cli('MNIST_train.py', '--setting', name, '--epochs', '1').returncode == 0
-    out = tmp_path / 'out'
-    (path,), (sigmoid,) = (out / 'setting_1').glob('epoch_*.pth'), (out / 'setting_5').glob('epoch_*.pth')
+def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(run_main, trained):
+    (path,), (sigmoid,) = (trained / 'setting_1').glob('epoch_*.pth'), (trained / 'setting_5').glob('epoch_*.pth')
     path.write_bytes(sigmoid.read_bytes())  # Setting 5's sigmoid network, copied in as Setting 1's
-    (out / 'setting_5' / 'history.json').write_text('{"epochs": [', encoding='utf-8')
-    result = cli('MNIST_evaluation.py')
+    (trained / 'setting_5' / 'history.json').write_text('{"epochs": [', encoding='utf-8')
+    result = run_main('MNIST_evaluation.py')
     assert_clean_error(
         result,
         f'Setting 1: skipped: {path} does not fit its run',
@@ -479,8 +466,7 @@ sys.stdout = io.TextIOWrapper(Closed(), encoding='utf-8')
 """
 
 
-def test_closed_output_pipe_ends_quietly(cli, harness, tmp_path):
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+def test_closed_output_pipe_ends_quietly(cli, harness, trained):
     read, write = os.pipe()
     os.close(read)  # the reader is gone, as after `| head -1`
     result = cli('MNIST_evaluation.py', stdout=write, capture_output=False, stderr=subprocess.PIPE)
@@ -503,6 +489,6 @@ def test_ctrl_c_in_evaluation(harness):
     assert result.returncode == 130 and result.stderr.strip() == 'Interrupted.'
 
 
-def test_data_dir_naming_a_file(cli, tmp_path):
+def test_data_dir_naming_a_file(run_main, tmp_path):
     (tmp_path / 'file').write_text('x', encoding='utf-8')
-    assert_clean_error(cli('MNIST_train.py', '--setting', '1', data=tmp_path / 'file'), 'is a file, not a folder')
+    assert_clean_error(run_main('MNIST_train.py', '--setting', '1', data=tmp_path / 'file'), 'is a file, not a folder')

@@ -1,6 +1,5 @@
 import codecs
 import csv
-import glob
 import json
 
 import pytest
@@ -69,9 +68,9 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
     assert sum(counts[i][i] for i in range(10)) == round(float(cells[12][:-1]) * 2)  # the diagonal: the accuracy
 
 
-def test_checkpoint_loads_the_skeleton_way(cli, tmp_path, data_dir):
-    assert cli('MNIST_train.py', '--setting', '1', '--epochs', '2').returncode == 0
-    (path,) = glob.glob(str(tmp_path / 'out' / 'setting_1' / 'epoch_*.pth'))
+def test_checkpoint_loads_the_skeleton_way(run_main, tmp_path, data_dir):
+    assert run_main('MNIST_train.py', '--setting', '1', '--epochs', '2').returncode == 0
+    (path,) = (tmp_path / 'out' / 'setting_1').glob('epoch_*.pth')
     checkpoint = torch.load(path, weights_only=True)
     model = MNIST_model()
     model.load_state_dict(checkpoint['model_state_dict'])
@@ -138,14 +137,14 @@ def test_same_seed_same_history(data_dir, tmp_path):
     assert first != run_history(data_dir, tmp_path / 'c', 1)
 
 
-def test_seeds_and_additional_experiments_in_the_report(cli, tmp_path):
-    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '2', '--seeds', '3').returncode == 0
-    assert cli('MNIST_train.py', '--setting', '5', '--epochs', '1').returncode == 0
+def test_seeds_and_additional_experiments_in_the_report(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--seeds', '3').returncode == 0
+    assert run_main('MNIST_train.py', '--setting', '5', '--epochs', '1').returncode == 0
     folder = tmp_path / 'out' / 'setting_2'
     assert sorted(p.name for p in folder.iterdir()) == ['seed_0', 'seed_1', 'seed_2']
     seeds = [json.loads((folder / f'seed_{s}' / 'history.json').read_text(encoding='utf-8'))['seed'] for s in range(3)]
     assert seeds == [0, 1, 2]
-    evaluated = cli('MNIST_evaluation.py')
+    evaluated = run_main('MNIST_evaluation.py')
     assert evaluated.returncode == 0, evaluated.stderr
     for s in range(3):
         assert f'Setting 2 seed {s}: accuracy of the' in evaluated.stdout
