@@ -8,6 +8,7 @@ included); the ratio is the speed-up that --jobs gives on this machine.
 
 import argparse
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -21,8 +22,11 @@ from tests.idx import write_mnist  # noqa: E402
 
 
 def cpu_model():
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-        return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), 'unknown CPU')
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), 'unknown CPU')
+    except OSError:  # not Linux
+        return platform.processor() or 'unknown CPU'
 
 
 def wall_time(jobs, args, data_dir, out):
