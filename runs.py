@@ -313,7 +313,10 @@ def run_all(train, runs, jobs, device, load_data, check_data):
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
     method = start_method(device)
-    load_data() if method == 'fork' else check_data()
+    if method == 'fork':
+        load_data()
+    else:
+        check_data()
     context = multiprocessing.get_context(method)
     workers = [context.Process(target=work, args=(train, runs[i::jobs], threads)) for i in range(jobs)]
     for worker in workers:
