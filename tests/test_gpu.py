@@ -12,7 +12,6 @@ import MNIST_evaluation
 import MNIST_train
 from MNIST_model import build_model, setting
 from tests.conftest import ROOT
-from tests.test_reliability import CTRL_C_AT_3, assert_same_state, best_state, history_without_times
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU on this machine')
 
@@ -64,13 +63,3 @@ def test_a_checkpoint_trained_on_cuda_loads_the_skeleton_way_where_no_gpu_is_see
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'PYTHONPATH': ROOT}
     result = subprocess.run([sys.executable, '-c', code, str(path)], capture_output=True, encoding='utf-8', env=env)
     assert result.returncode == 0 and result.stdout.split() == ['False'], result.stderr
-
-
-def test_resume_of_a_distorting_setting_on_cuda_is_the_uninterrupted_run(harness, tmp_path):
-    """The warps draw from the GPU's generator: resuming restores it, so the resumed run is the same run."""
-    args = ('--setting', 'best', '--epochs', '4', '--device', 'cuda')
-    assert harness('MNIST_train', '', *args, out=tmp_path / 'ref').returncode == 0
-    assert harness('MNIST_train', CTRL_C_AT_3, *args).returncode == 130
-    assert harness('MNIST_train', '', *args, '--resume').returncode == 0
-    assert history_without_times(tmp_path / 'out', 'best') == history_without_times(tmp_path / 'ref', 'best')
-    assert_same_state(best_state(tmp_path / 'out', 'best'), best_state(tmp_path / 'ref', 'best'))

@@ -337,16 +337,17 @@ def test_training_never_reads_the_test_split(data_dir, tmp_path):
     assert_same_state(train_on(data_dir, tmp_path / 'b'), first)
 
 
-CTRL_C_AT_3 = """
-import MNIST_train
-real_train, epochs = MNIST_train.train, []
-def train(*args):
-    epochs.append(1)
-    if len(epochs) == 3:
-        raise KeyboardInterrupt
-    return real_train(*args)
-MNIST_train.train = train
-"""
+def ctrl_c_at_epoch(epoch, patch):
+    """Ctrl-C, as a KeyboardInterrupt raised in the training of the given epoch."""
+    real_train, epochs = MNIST_train.train, []
+
+    def train(*args):
+        epochs.append(1)
+        if len(epochs) == epoch:
+            raise KeyboardInterrupt
+        return real_train(*args)
+
+    patch.setattr(MNIST_train, 'train', train)
 
 
 def tensors(obj):
@@ -367,20 +368,16 @@ def test_resume_state_holds_every_generator_and_checkpoints_hold_cpu_tensors(dat
     assert len(everything) > 10 and all(t.device.type == 'cpu' for t in everything)
 
 
-def test_resume_with_schedule_and_distortions(run_main, tmp_path, monkeypatch):
-    """The 'best' recipe draws random numbers and schedules its learning rate: resuming restores both."""
-    args = ('--setting', 'best', '--epochs', '4', '--device', 'cpu')
+@pytest.mark.parametrize(
+    'device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no GPU'))]
+)
+def test_resume_with_schedule_and_distortions(run_main, tmp_path, monkeypatch, device):
+    """The 'best' recipe draws random numbers and schedules its learning rate: resuming restores both, the GPU's
+    generator too, from which the warps draw there."""
+    args = ('--setting', 'best', '--epochs', '4', '--device', device)
     assert run_main('MNIST_train.py', *args, out=tmp_path / 'ref').returncode == 0
-    real_train, epochs = MNIST_train.train, []
-
-    def train(*args):
-        epochs.append(1)
-        if len(epochs) == 3:
-            raise KeyboardInterrupt
-        return real_train(*args)
-
     with monkeypatch.context() as patch:
-        patch.setattr(MNIST_train, 'train', train)
+        ctrl_c_at_epoch(3, patch)
         assert run_main('MNIST_train.py', *args).returncode == 130
     assert run_main('MNIST_train.py', *args, '--resume').returncode == 0
     assert history_without_times(tmp_path / 'out', 'best') == history_without_times(tmp_path / 'ref', 'best')
