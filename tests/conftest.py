@@ -6,9 +6,6 @@ import sys
 
 import pytest
 
-import MNIST_evaluation
-import MNIST_train
-import runs
 from tests.idx import write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +66,10 @@ def run_main(tmp_path, data_dir, capsys, monkeypatch):
     status, standard output and error), without the second of start-up and torch import that a new Python costs.
     For the tests where no signal, pipe or process boundary is what they test."""
 
+    import MNIST_evaluation  # here, not at the top: pytest's controlling process needs none of them
+    import MNIST_train
+    import runs
+
     def run(script, *args, data=data_dir, out=tmp_path / 'out'):
         main = {'MNIST_train.py': MNIST_train.main, 'MNIST_evaluation.py': MNIST_evaluation.main}[script]
         argv = [*map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
@@ -90,6 +91,8 @@ def run_main(tmp_path, data_dir, capsys, monkeypatch):
 @pytest.fixture(scope='session')
 def trained_once(tmp_path_factory):
     """Settings 1, 2 and 5 trained for one epoch on the small synthetic data, once for the whole test run."""
+    import MNIST_train
+
     root = tmp_path_factory.mktemp('trained')
     write_mnist(root / 'data' / 'MNIST' / 'raw')
     for name in ('1', '2', '5'):

@@ -40,7 +40,9 @@ def test_jobs_train_every_run_with_their_share_of_the_cores(cli, run_main, tmp_p
 
 @pytest.mark.skipif(not hasattr(os, 'pidfd_open'), reason='finds the workers in /proc and waits on pidfds: Linux only')
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM', 'SIGKILL'])
-def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(big_data, tmp_path, cli, sig, start_method):
+def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(
+    big_data, tmp_path, run_main, sig, start_method
+):
     """Ctrl-C and SIGTERM: every worker stops and one resume command is printed. SIGKILL of the command, which
     leaves it no chance to stop them: each worker ends by itself."""
     sig = getattr(signal, sig)
@@ -80,9 +82,10 @@ def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(big_
         folder = tmp_path / 'out' / 'setting_2' / f'seed_{seed}'
         done.append(len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']))
         assert done[-1] >= 1 and torch.load(folder / 'last.pth', weights_only=True)['epoch'] == done[-1]
-    resume = [*args[:4], '--epochs', max(done) + 1, *args[6:], '--resume']
-    # The stop is what differs between the start methods; forked workers resume without a second torch import
-    resumed = cli('MNIST_train.py', *resume, data=big_data, env=script_env(MNIST_START_METHOD='fork'))
+    # What the stop left resumes every run (here one after another, in this process: no fork of the test's own)
+    resumed = run_main(
+        'MNIST_train.py', *args[:4], '--epochs', max(done) + 1, '--device', 'cpu', '--resume', data=big_data
+    )
     assert resumed.returncode == 0, resumed.stderr
     for seed in (0, 1):
         assert len(history_without_times(tmp_path / 'out', f'2/seed_{seed}')) == max(done) + 1

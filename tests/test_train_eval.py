@@ -28,8 +28,8 @@ COLUMNS = [  # the assignment's report, column by column
 ]
 
 
-def test_train_then_evaluate_fills_the_report(cli, tmp_path):
-    trained = cli('MNIST_train.py', '--setting', '2', '--epochs', '4', '--device', 'cpu')
+def test_train_then_evaluate_fills_the_report(run_main, tmp_path):
+    trained = run_main('MNIST_train.py', '--setting', '2', '--epochs', '4', '--device', 'cpu')
     assert trained.returncode == 0, trained.stderr
     assert sum('| epoch' in line for line in trained.stdout.splitlines()) == 4  # one line per epoch
     folder = tmp_path / 'out' / 'setting_2'
@@ -41,7 +41,7 @@ def test_train_then_evaluate_fills_the_report(cli, tmp_path):
     assert [p.name for p in folder.glob('epoch_*.pth')] == [f'epoch_{best["epoch"]}.pth']  # only the best is kept
     assert (folder / 'val_accuracy.png').stat().st_size > 0
 
-    evaluated = cli('MNIST_evaluation.py')
+    evaluated = run_main('MNIST_evaluation.py')
     assert evaluated.returncode == 0, evaluated.stderr
     assert f'Setting 2: accuracy of the {best["epoch"]} epoch trained model:' in evaluated.stdout
     for missing in (1, 3, 4):
