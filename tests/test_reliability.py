@@ -1,6 +1,7 @@
 import csv
 import errno
 import glob
+import io
 import json
 import math
 import os
@@ -47,15 +48,22 @@ def evaluated(out):
         return [(row['Setting'], row['Early stopping epoch'], row['Accuracy']) for row in csv.DictReader(f)]
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
+@pytest.fixture(scope='session')
+def reference(tmp_path_factory, worker_id):
     """Big synthetic data, and Setting 2 trained on it for 5 epochs without interruption, then evaluated: the
-    history, best checkpoint and test accuracy that every interrupted and resumed run must end with."""
-    data, out = tmp_path_factory.mktemp('big'), tmp_path_factory.mktemp('ref')
-    write_mnist(data / 'MNIST' / 'raw', n_train=30_000, n_test=100)
-    args = ['--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
-    assert MNIST_train.main(['--setting', '2', '--epochs', '5', *args]) == 0
-    assert MNIST_evaluation.main(args) == 0
+    history, best checkpoint and test accuracy that every interrupted and resumed run must end with. Made once
+    for all of pytest-xdist's workers, in the folder they share."""
+    import fcntl  # these tests send POSIX signals
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == 'master' else tmp_path_factory.getbasetemp().parent
+    data, out = shared / 'reference' / 'big', shared / 'reference' / 'ref'
+    with open(shared / 'reference.lock', 'wb') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker makes it while the others wait
+        if not (out / 'report.csv').exists():
+            write_mnist(data / 'MNIST' / 'raw', n_train=30_000, n_test=100)
+            args = ['--device', 'cpu', '--data-dir', str(data), '--out-dir', str(out)]
+            assert MNIST_train.main(['--setting', '2', '--epochs', '5', *args]) == 0
+            assert MNIST_evaluation.main(args) == 0
     return data, (history_without_times(out), best_state(out), evaluated(out))
 
 
@@ -450,26 +458,31 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(run_m
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
 
 
-PIPE_CLOSED_ON_WINDOWS = """
-import errno, io, sys
-class Closed(io.RawIOBase):  # a pipe whose reader is gone, as Windows reports it: EINVAL, not EPIPE
+class ClosedOnWindows(io.RawIOBase):
+    """A pipe whose reader is gone, as Windows reports it: EINVAL from the write, not EPIPE."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
     def writable(self):
         return True
+
     def fileno(self):
-        return 1
+        return self.fd
+
     def write(self, data):
         raise OSError(errno.EINVAL, 'Invalid argument')
-sys.stdout = io.TextIOWrapper(Closed(), encoding='utf-8')
-"""
 
 
-def test_closed_output_pipe_ends_quietly(cli, harness, trained):
+def test_closed_output_pipe_ends_quietly(cli, run_main, trained, tmp_path, monkeypatch):
     read, write = os.pipe()
     os.close(read)  # the reader is gone, as after `| head -1`
     result = cli('MNIST_evaluation.py', stdout=write, capture_output=False, stderr=subprocess.PIPE)
     os.close(write)
     assert result.returncode == 1 and result.stderr == ''  # no BrokenPipeError traceback
-    on_windows = harness('MNIST_evaluation', PIPE_CLOSED_ON_WINDOWS)
+    with open(tmp_path / 'pipe', 'wb') as pipe:
+        monkeypatch.setattr(sys, 'stdout', io.TextIOWrapper(ClosedOnWindows(pipe.fileno()), encoding='utf-8'))
+        on_windows = run_main('MNIST_evaluation.py')
     assert on_windows.returncode == 1 and on_windows.stderr == ''
 
 
