@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-from tests.idx import write_mnist
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 posix_signals = pytest.mark.skipif(
     sys.platform == 'win32', reason='sends SIGINT or SIGKILL to a process, or reads /proc: not on Windows'
@@ -37,6 +35,8 @@ def start_method(request, monkeypatch):
 @pytest.fixture
 def data_dir(tmp_path):
     """A data folder holding small synthetic MNIST raw files (600 training, 200 test images)."""
+    from tests.idx import write_mnist  # here, as torch: pytest's controlling process needs none of it
+
     write_mnist(tmp_path / 'data' / 'MNIST' / 'raw')
     return tmp_path / 'data'
 
@@ -44,7 +44,9 @@ def data_dir(tmp_path):
 @pytest.fixture
 def big_data(tmp_path):
     """Enough synthetic images that an epoch takes a noticeable fraction of a second."""
-    write_mnist(tmp_path / 'big' / 'MNIST' / 'raw', n_train=30_000, n_test=100)
+    from tests.idx import write_mnist
+
+    write_mnist(tmp_path / 'big' / 'MNIST' / 'raw', n_train=15_000, n_test=100)
     return tmp_path / 'big'
 
 
@@ -63,7 +65,7 @@ def cli(tmp_path, data_dir):
 @pytest.fixture
 def run_main(tmp_path, data_dir, capsys, monkeypatch):
     """Run one of the scripts in this process, as its command line does (runs.run_script around main, the exit
-    status, standard output and error), without the second of start-up and torch import that a new Python costs.
+    status, standard output and error), without the seconds of start-up and torch import that a new Python costs.
     For the tests where no signal, pipe or process boundary is what they test."""
 
     import MNIST_evaluation  # here, not at the top: pytest's controlling process needs none of them
@@ -92,6 +94,7 @@ def run_main(tmp_path, data_dir, capsys, monkeypatch):
 def trained_once(tmp_path_factory):
     """Settings 1, 2 and 5 trained for one epoch on the small synthetic data, once for the whole test run."""
     import MNIST_train
+    from tests.idx import write_mnist
 
     root = tmp_path_factory.mktemp('trained')
     write_mnist(root / 'data' / 'MNIST' / 'raw')
