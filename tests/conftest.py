@@ -11,6 +11,13 @@ posix_signals = pytest.mark.skipif(
     sys.platform == 'win32', reason='sends SIGINT or SIGKILL to a process, or reads /proc: not on Windows'
 )
 
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: handed out one at a time to the cores, they do not leave one core working alone at
+    the end."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
 # The tests send real Ctrl-Cs (SIGINT) to the processes they start. A shell starts background jobs with
 # SIGINT ignored, and children inherit that; a handler here is not inherited, so they get the default back.
 signal.signal(signal.SIGINT, signal.default_int_handler)

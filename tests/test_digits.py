@@ -21,6 +21,7 @@ from tests.test_reliability import assert_clean_error
 REAL = os.path.join(ROOT, 'dataset')
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not all(os.path.isfile(os.path.join(REAL, 'MNIST', 'raw', f)) for f in RAW_FILES),
     reason=f'real MNIST not found in {REAL}',

@@ -16,6 +16,7 @@ from tests.conftest import ROOT, script_env
 from tests.test_reliability import history_without_times
 
 
+@pytest.mark.slow
 def test_jobs_train_every_run_with_their_share_of_the_cores(cli, run_main, tmp_path, start_method):
     result = cli('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2', '--jobs', '2', '--device', 'cpu')
     assert result.returncode == 0, result.stderr
@@ -38,6 +39,7 @@ def test_jobs_train_every_run_with_their_share_of_the_cores(cli, run_main, tmp_p
         assert [e['train_loss'] for e in parallel] == pytest.approx([e['train_loss'] for e in alone], rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, 'pidfd_open'), reason='finds the workers in /proc and waits on pidfds: Linux only')
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM', 'SIGKILL'])
 def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(
@@ -135,6 +137,7 @@ def test_weight_decay_sweep_rows():
         assert h['epochs'] == 100 and h['batch_size'] == 200
 
 
+@pytest.mark.slow
 def test_sweep_report_and_plot_merge_runs_written_by_separate_processes(tmp_path, data_dir, run_main):
     """Three processes, as three tasks of a cluster job array, write into one output folder at the same time."""
     names = ['Adam-0', 'Adam-0.01', 'AdamW-0.01']

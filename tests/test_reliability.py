@@ -91,6 +91,7 @@ def resume(data, out):
     )
 
 
+@pytest.mark.slow
 @posix_signals
 def test_resume_after_sigkill_gives_the_same_run(reference, tmp_path):
     data, expected = reference
@@ -103,6 +104,7 @@ def test_resume_after_sigkill_gives_the_same_run(reference, tmp_path):
     assert_same_state(best_state(tmp_path / 'out'), expected[1])
 
 
+@pytest.mark.slow
 @posix_signals
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
 def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig, run_main):
@@ -139,6 +141,7 @@ os.replace = replace
 """
 
 
+@pytest.mark.slow
 @posix_signals
 def test_kill_during_a_checkpoint_write_loses_nothing(harness, run_main, tmp_path):
     args = ('--setting', '2', '--epochs', '5', '--device', 'cpu')
@@ -402,6 +405,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == 'win32', reason='no file-size limit (resource) on Windows')
 def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(harness, run_main, tmp_path):
     args = ('--setting', '2', '--epochs', '4', '--device', 'cpu')
@@ -420,6 +424,7 @@ def test_full_disk_names_the_file_keeps_every_file_whole_and_resumes_exactly(har
     assert_same_state(best_state(tmp_path / 'out'), best_state(tmp_path / 'ref'))
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_data, tmp_path, run_main):
     cmd = [
         sys.executable,
