@@ -8,7 +8,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 posix_signals = pytest.mark.skipif(
-    sys.platform == 'win32', reason='sends SIGINT or SIGKILL to a process, or reads /proc: not on Windows'
+    sys.platform == 'win32', reason='sends SIGINT or SIGKILL to a process: not on Windows'
 )
 
 
