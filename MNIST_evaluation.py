@@ -37,9 +37,26 @@ def load_run(folder, device):
     return model, runs.load_checkpoint(runs.best_checkpoint(folder), device, model), history
 
 
-def evaluate_run(folder, x, y, device):
-    """Test logits and accuracy of a run's best checkpoint, with its history; ValueError says what is wrong."""
-    model, checkpoint, history = load_run(folder, device)
+def trained_runs(names, out_dir, device, hint=()):
+    """Each trained run of these settings as (name, label, network, checkpoint, history), or None for a run that
+    cannot be loaded, once it is said why; the settings in `hint` that are not trained get a hint how to."""
+    for name in names:
+        folders = runs.run_folders(out_dir, name)
+        if not folders and name in hint:
+            print(f'Setting {name}: not trained yet; train it with: python MNIST_train.py --setting {name}')
+        for folder in folders:
+            try:
+                model, checkpoint, history = load_run(folder, device)
+            except ValueError as e:
+                print(f'Setting {name}: skipped: {e}', file=sys.stderr)
+                yield None
+                continue
+            label = f'Setting {name}' + (f' seed {history["seed"]}' if len(folders) > 1 else '')
+            yield name, label, model, checkpoint, history
+
+
+def evaluate_run(model, checkpoint, history, x, y):
+    """Test logits and accuracy of a run's best checkpoint, with its epoch and history."""
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
     return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
@@ -170,22 +187,11 @@ def write_report(rows, x, y, out_dir):
 
 
 def chosen_run(names, out_dir, device):
-    """Of these settings' trained runs, the one with the highest validation accuracy (never the test's):
-    (label, network, checkpoint path, validation accuracy)."""
-    loaded = []
-    for name in names:
-        folders = runs.run_folders(out_dir, name)
-        for folder in folders:
-            try:
-                model, _, history = load_run(folder, device)
-            except ValueError as e:
-                print(f'Setting {name}: skipped: {e}', file=sys.stderr)
-                continue
-            label = f'Setting {name}' + (f' seed {history["seed"]}' if len(folders) > 1 else '')
-            loaded.append((label, model, runs.best_checkpoint(folder), history['best_val_accuracy']))
+    """Of these settings' trained runs, the one with the highest validation accuracy (never the test's)."""
+    loaded = [run for run in trained_runs(names, out_dir, device) if run]
     if not loaded:
         runs.fail(f'no trained setting in {out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
-    return max(loaded, key=lambda run: run[3])
+    return max(loaded, key=lambda run: run[4]['best_val_accuracy'])
 
 
 def show_reading(axes, image, x, probabilities, title):
@@ -286,8 +292,9 @@ def draw(model, title):
 
 def own_digits(args):
     """--image and --draw: the network that validated best reads your own digits."""
-    label, model, path, accuracy = chosen_run(args.setting or list(Config.settings), args.out_dir, args.device)
-    print(f'Reading with {label} ({path}, validation accuracy {100 * accuracy:.2f}%)')
+    _, label, model, checkpoint, history = chosen_run(args.setting or list(Config.settings), args.out_dir, args.device)
+    accuracy = 100 * history['best_val_accuracy']
+    print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
     if args.image:
         return 1 if read_images(args.image, model, args.out_dir) else 0
     fig, button = draw(model, f'{label}: draw a digit with the mouse')
@@ -315,21 +322,15 @@ def main(argv=None):
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
     x, y = (t.to(args.device) for t in data_load(args.data_dir, train=False))
     rows, skipped = {}, 0
-    for name in names:
-        folders = runs.run_folders(args.out_dir, name)
-        if not folders and name in asked:
-            print(f'Setting {name}: not trained yet; train it with: python MNIST_train.py --setting {name}')
-        for folder in folders:
-            try:
-                result = evaluate_run(folder, x, y, args.device)
-            except ValueError as e:
-                print(f'Setting {name}: skipped: {e}', file=sys.stderr)
-                skipped += 1
-                continue
-            seed = f' seed {result["history"]["seed"]}' if len(folders) > 1 else ''
-            accuracy = 100 * result['accuracy']
-            print(f'Setting {name}{seed}: accuracy of the {result["epoch"]} epoch trained model: {accuracy:.2f}%')
-            rows.setdefault(name, []).append(result)
+    for run in trained_runs(names, args.out_dir, args.device, hint=asked):
+        if run is None:
+            skipped += 1
+            continue
+        name, label, *loaded = run
+        result = evaluate_run(*loaded, x, y)
+        accuracy = 100 * result['accuracy']
+        print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {accuracy:.2f}%')
+        rows.setdefault(name, []).append(result)
     if not rows:
         runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
     write_report(rows, x, y, args.out_dir)
