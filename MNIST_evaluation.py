@@ -194,6 +194,12 @@ def chosen_run(names, out_dir, device):
     return max(loaded, key=lambda run: run[4]['best_val_accuracy'])
 
 
+@torch.no_grad()
+def probabilities(model, x):
+    """The ten probabilities that the network gives each digit [B, 784], in eval mode."""
+    return model.eval()(x).softmax(1)
+
+
 def show_reading(axes, image, x, probabilities, title):
     """Three panels: an image as given, the 28x28 that the network sees, and the ten probabilities it gives."""
     for ax in axes:
@@ -222,13 +228,13 @@ def read_images(paths, model, out_dir):
             failed += 1
     if not readings:
         return failed
-    probabilities = predict(model, torch.stack([x for _, _, x in readings])).softmax(1)
+    read = probabilities(model, torch.stack([x for _, _, x in readings]))
     shown = min(len(readings), 12)  # more would make a picture too long to look at, and slow to draw
     fig, axes = plt.subplots(
         shown, 3, figsize=(9, 2.6 * shown), width_ratios=[1, 1, 1.6], squeeze=False, layout='constrained'
     )
     rows = [['image', 'digit', *range(10)]]
-    for k, ((file, image, x), p) in enumerate(zip(readings, probabilities)):
+    for k, ((file, image, x), p) in enumerate(zip(readings, read)):
         first, second = p.topk(2).indices.tolist()
         print(f'{file}: {first} ({p[first]:.1%}), then {second} ({p[second]:.1%})')
         if k < shown:
@@ -252,10 +258,10 @@ def draw(model, title):
     def show():
         try:
             x = digits.normalise(paper)
-            probabilities = predict(model, x[None]).softmax(1)[0]
+            read = probabilities(model, x[None])[0]
         except ValueError:  # blank paper
-            x, probabilities = torch.zeros(784), torch.zeros(10)
-        show_reading(axes, paper, x, probabilities, 'draw here')
+            x, read = torch.zeros(784), torch.zeros(10)
+        show_reading(axes, paper, x, read, 'draw here')
         fig.canvas.draw_idle()
 
     def stroke(event):  # a line as thick as MNIST's, once the digit is scaled to MNIST's size
