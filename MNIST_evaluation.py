@@ -13,14 +13,10 @@ import sys
 
 import matplotlib.pyplot as plt
 import torch
-from matplotlib.widgets import Button
-from PIL import Image, ImageDraw
-from torchvision.transforms.functional import pil_to_tensor
 
 import digits
 import runs
 from MNIST_model import Config, build_model, data_load, predict, setting
-from MNIST_train import plot_val_accuracy
 
 # How the report writes activations; the others, and initialisations, are capitalized
 NAMES = {'relu': 'ReLU', 'leaky_relu': 'Leaky ReLU (0.1)', 'elu': 'ELU', 'maxout': 'Maxout (2)'}
@@ -182,7 +178,7 @@ def write_report(rows, x, y, out_dir):
         os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
     )
     panels = {f'Setting #{n}': r[0]['history'] for n, r in rows.items() if n in Config.groups['all'] or not assignment}
-    plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
+    runs.plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
     plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
@@ -194,116 +190,14 @@ def chosen_run(names, out_dir, device):
     return max(loaded, key=lambda run: run[4]['best_val_accuracy'])
 
 
-@torch.no_grad()
-def probabilities(model, x):
-    """The ten probabilities that the network gives each digit [B, 784], in eval mode."""
-    return model.eval()(x).softmax(1)
-
-
-def show_reading(axes, image, x, probabilities, title):
-    """Three panels: an image as given, the 28x28 that the network sees, and the ten probabilities it gives."""
-    for ax in axes:
-        ax.clear()
-    axes[0].imshow(pil_to_tensor(image.convert('RGBA')).permute(1, 2, 0))  # as given, transparency and all
-    axes[1].imshow(x.view(28, 28), cmap='gray', vmin=0, vmax=1)
-    axes[0].set(title=title, xticks=[], yticks=[])
-    axes[1].set(title='what the network sees', xticks=[], yticks=[])
-    bars = axes[2].bar(range(10), 100 * probabilities, color='tab:gray')
-    digit = probabilities.argmax().item()
-    bars[digit].set_color('tab:blue')
-    read = f'reads {digit} ({probabilities[digit]:.1%})' if probabilities.any() else 'draw a digit'
-    axes[2].set(title=read, xticks=range(10), ylim=(0, 100), ylabel='probability (%)')
-
-
-def read_images(paths, model, out_dir):
-    """Print what the network reads in each image file (or folder of them) and write own_digits.png and
-    own_digits.csv; returns how many could not be read."""
-    readings, failed = [], 0
-    for file in (file for path in paths for file in digits.image_files(path)):
-        try:
-            image = digits.read_image(file)
-            readings.append((file, image, digits.normalise(image)))
-        except ValueError as e:
-            print(f'error: {file}: {e}', file=sys.stderr)
-            failed += 1
-    if not readings:
-        return failed
-    read = probabilities(model, torch.stack([x for _, _, x in readings]))
-    shown = min(len(readings), 12)  # more would make a picture too long to look at, and slow to draw
-    fig, axes = plt.subplots(
-        shown, 3, figsize=(9, 2.6 * shown), width_ratios=[1, 1, 1.6], squeeze=False, layout='constrained'
-    )
-    rows = [['image', 'digit', *range(10)]]
-    for k, ((file, image, x), p) in enumerate(zip(readings, read)):
-        first, second = p.topk(2).indices.tolist()
-        print(f'{file}: {first} ({p[first]:.1%}), then {second} ({p[second]:.1%})')
-        if k < shown:
-            show_reading(axes[k], image, x, p, os.path.basename(file))
-        rows.append([file, first, *(f'{q:.4f}' for q in p.tolist())])
-    runs.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
-    runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
-    more = f' (the first {shown})' if shown < len(readings) else ''
-    print(f'Picture{more}: {os.path.join(out_dir, "own_digits.png")}; every image in own_digits.csv beside it')
-    return failed
-
-
-def draw(model, title):
-    """A window to draw a digit in with the mouse. After each stroke it shows what the network sees and reads;
-    the button clears the paper. Returns the figure and the button, which must be kept."""
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4), width_ratios=[1, 1, 1.6], layout='constrained')
-    fig.suptitle(title)
-    paper = Image.new('L', (280, 280), 255)
-    pen, last = ImageDraw.Draw(paper), []
-
-    def show():
-        try:
-            x = digits.normalise(paper)
-            read = probabilities(model, x[None])[0]
-        except ValueError:  # blank paper
-            x, read = torch.zeros(784), torch.zeros(10)
-        show_reading(axes, paper, x, read, 'draw here')
-        fig.canvas.draw_idle()
-
-    def stroke(event):  # a line as thick as MNIST's, once the digit is scaled to MNIST's size
-        if last and event.inaxes is axes[0]:
-            (x0, y0), (x1, y1) = last[0], (event.xdata, event.ydata)
-            pen.line([x0, y0, x1, y1], fill=0, width=30)
-            pen.ellipse([x1 - 15, y1 - 15, x1 + 15, y1 + 15], fill=0)
-            last[:] = [(x1, y1)]
-            axes[0].images[0].set_data(paper)
-            fig.canvas.draw_idle()
-
-    def press(event):
-        if event.inaxes is axes[0]:
-            last[:] = [(event.xdata, event.ydata)]
-            stroke(event)
-
-    def release(event):
-        if last:
-            last.clear()
-            show()
-
-    def clear(event):
-        pen.rectangle([0, 0, 280, 280], fill=255)
-        show()
-
-    fig.canvas.mpl_connect('button_press_event', press)
-    fig.canvas.mpl_connect('motion_notify_event', stroke)
-    fig.canvas.mpl_connect('button_release_event', release)
-    button = Button(fig.add_axes([0.01, 0.02, 0.07, 0.08]), 'Clear')
-    button.on_clicked(clear)
-    show()
-    return fig, button
-
-
 def own_digits(args):
     """--image and --draw: the network that validated best reads your own digits."""
     _, label, model, checkpoint, history = chosen_run(args.setting or list(Config.settings), args.out_dir, args.device)
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
     if args.image:
-        return 1 if read_images(args.image, model, args.out_dir) else 0
-    fig, button = draw(model, f'{label}: draw a digit with the mouse')
+        return 1 if digits.read_images(args.image, model, args.out_dir) else 0
+    fig, button = digits.draw(model, f'{label}: draw a digit with the mouse')
     if fig.canvas.required_interactive_framework is None:  # matplotlib found no display or no GUI toolkit
         runs.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
     plt.show()

@@ -10,7 +10,6 @@ import os
 import sys
 import time
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
@@ -124,27 +123,12 @@ def train_setting(name, seed, folder, args):
             f'val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
         )
     if history['best_epoch']:
-        plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
+        runs.plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
         print(
             f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
             f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> {runs.best_checkpoint(folder)}'
         )
     return True
-
-
-def plot_val_accuracy(histories, path):
-    """Validation accuracy per epoch, one panel per run {title: history}, each early-stopping epoch marked."""
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.6), squeeze=False)
-    for ax, (title, history) in zip(axes[0], histories.items()):
-        acc = [100 * e['val_accuracy'] for e in history['epochs']]
-        best = history['best_epoch']
-        ax.plot(range(1, len(acc) + 1), acc)
-        ax.plot(best, acc[best - 1], 'o', color='tab:red', label=f'best: epoch {best}, {acc[best - 1]:.2f}%')
-        ax.set(title=title, xlabel='epoch', ylabel='validation accuracy (%)')
-        ax.grid(alpha=0.3)
-        ax.legend(loc='lower right')
-    fig.tight_layout()
-    runs.save_figure(fig, path)
 
 
 def main(argv=None):

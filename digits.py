@@ -1,12 +1,18 @@
-"""Your own digits: image files read, and normalised as MNIST's digits were, for the network to read them."""
+"""Your own digits: image files read and normalised as MNIST's digits were, what the network reads in them (printed,
+as a picture and a CSV), and a window to draw digits in with the mouse."""
 
 import os
+import sys
 import warnings
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from matplotlib.widgets import Button
+from PIL import Image, ImageDraw, ImageOps
 from torchvision.transforms.functional import pil_to_tensor
+
+import runs
 
 IMAGE_TYPES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')  # PNG, JPEG, BMP, GIF and WebP
 MAX_PIXELS = 40_000_000  # a larger photo (48 megapixels from a phone) reads as well once scaled down
@@ -75,3 +81,105 @@ def normalise(image):
     x = torch.zeros(28, 28)
     x[top : top + size[0], left : left + size[1]] = digit
     return x.flatten()
+
+
+@torch.no_grad()
+def probabilities(model, x):
+    """The ten probabilities that the network gives each digit [B, 784], in eval mode."""
+    return model.eval()(x).softmax(1)
+
+
+def show_reading(axes, image, x, probabilities, title):
+    """Three panels: an image as given, the 28x28 that the network sees, and the ten probabilities it gives."""
+    for ax in axes:
+        ax.clear()
+    axes[0].imshow(pil_to_tensor(image.convert('RGBA')).permute(1, 2, 0))  # as given, transparency and all
+    axes[1].imshow(x.view(28, 28), cmap='gray', vmin=0, vmax=1)
+    axes[0].set(title=title, xticks=[], yticks=[])
+    axes[1].set(title='what the network sees', xticks=[], yticks=[])
+    bars = axes[2].bar(range(10), 100 * probabilities, color='tab:gray')
+    digit = probabilities.argmax().item()
+    bars[digit].set_color('tab:blue')
+    read = f'reads {digit} ({probabilities[digit]:.1%})' if probabilities.any() else 'draw a digit'
+    axes[2].set(title=read, xticks=range(10), ylim=(0, 100), ylabel='probability (%)')
+
+
+def read_images(paths, model, out_dir):
+    """Print what the network reads in each image file (or folder of them) and write own_digits.png and
+    own_digits.csv; returns how many could not be read."""
+    readings, failed = [], 0
+    for file in (file for path in paths for file in image_files(path)):
+        try:
+            image = read_image(file)
+            readings.append((file, image, normalise(image)))
+        except ValueError as e:
+            print(f'error: {file}: {e}', file=sys.stderr)
+            failed += 1
+    if not readings:
+        return failed
+    read = probabilities(model, torch.stack([x for _, _, x in readings]))
+    shown = min(len(readings), 12)  # more would make a picture too long to look at, and slow to draw
+    fig, axes = plt.subplots(
+        shown, 3, figsize=(9, 2.6 * shown), width_ratios=[1, 1, 1.6], squeeze=False, layout='constrained'
+    )
+    rows = [['image', 'digit', *range(10)]]
+    for k, ((file, image, x), p) in enumerate(zip(readings, read)):
+        first, second = p.topk(2).indices.tolist()
+        print(f'{file}: {first} ({p[first]:.1%}), then {second} ({p[second]:.1%})')
+        if k < shown:
+            show_reading(axes[k], image, x, p, os.path.basename(file))
+        rows.append([file, first, *(f'{q:.4f}' for q in p.tolist())])
+    runs.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
+    runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
+    more = f' (the first {shown})' if shown < len(readings) else ''
+    print(f'Picture{more}: {os.path.join(out_dir, "own_digits.png")}; every image in own_digits.csv beside it')
+    return failed
+
+
+def draw(model, title):
+    """A window to draw a digit in with the mouse. After each stroke it shows what the network sees and reads;
+    the button clears the paper. Returns the figure and the button, which must be kept."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4), width_ratios=[1, 1, 1.6], layout='constrained')
+    fig.suptitle(title)
+    paper = Image.new('L', (280, 280), 255)
+    pen, last = ImageDraw.Draw(paper), []
+
+    def show():
+        try:
+            x = normalise(paper)
+            read = probabilities(model, x[None])[0]
+        except ValueError:  # blank paper
+            x, read = torch.zeros(784), torch.zeros(10)
+        show_reading(axes, paper, x, read, 'draw here')
+        fig.canvas.draw_idle()
+
+    def stroke(event):  # a line as thick as MNIST's, once the digit is scaled to MNIST's size
+        if last and event.inaxes is axes[0]:
+            (x0, y0), (x1, y1) = last[0], (event.xdata, event.ydata)
+            pen.line([x0, y0, x1, y1], fill=0, width=30)
+            pen.ellipse([x1 - 15, y1 - 15, x1 + 15, y1 + 15], fill=0)
+            last[:] = [(x1, y1)]
+            axes[0].images[0].set_data(paper)
+            fig.canvas.draw_idle()
+
+    def press(event):
+        if event.inaxes is axes[0]:
+            last[:] = [(event.xdata, event.ydata)]
+            stroke(event)
+
+    def release(event):
+        if last:
+            last.clear()
+            show()
+
+    def clear(event):
+        pen.rectangle([0, 0, 280, 280], fill=255)
+        show()
+
+    fig.canvas.mpl_connect('button_press_event', press)
+    fig.canvas.mpl_connect('motion_notify_event', stroke)
+    fig.canvas.mpl_connect('button_release_event', release)
+    button = Button(fig.add_axes([0.01, 0.02, 0.07, 0.08]), 'Clear')
+    button.on_clicked(clear)
+    show()
+    return fig, button

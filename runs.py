@@ -176,6 +176,21 @@ def save_figure(fig, path):
     plt.close(fig)
 
 
+def plot_val_accuracy(histories, path):
+    """Validation accuracy per epoch, one panel per run {title: history}, each early-stopping epoch marked."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.6), squeeze=False)
+    for ax, (title, history) in zip(axes[0], histories.items()):
+        acc = [100 * e['val_accuracy'] for e in history['epochs']]
+        best = history['best_epoch']
+        ax.plot(range(1, len(acc) + 1), acc)
+        ax.plot(best, acc[best - 1], 'o', color='tab:red', label=f'best: epoch {best}, {acc[best - 1]:.2f}%')
+        ax.set(title=title, xlabel='epoch', ylabel='validation accuracy (%)')
+        ax.grid(alpha=0.3)
+        ax.legend(loc='lower right')
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def run_dir(out_dir, name, seed=None):
     """Folder of one setting's results; one sub-folder per seed when several seeds are run."""
     path = os.path.join(out_dir, f'setting_{name}')

@@ -11,6 +11,7 @@ import torch
 from matplotlib.backend_bases import MouseEvent
 from PIL import Image
 
+import digits
 import MNIST_evaluation
 import MNIST_train
 from MNIST_model import RAW_FILES, MNIST_model, data_load, predict
@@ -86,7 +87,7 @@ def click(fig, ax, x, y, name, button=1):
 
 
 def test_drawing_a_digit_shows_what_the_network_sees_and_reads_and_clear_empties_it():
-    fig, button = MNIST_evaluation.draw(MNIST_model().eval(), 'test')
+    fig, button = digits.draw(MNIST_model().eval(), 'test')
     paper, seen, chart = fig.axes[:3]
     assert not seen.images[0].get_array().any() and chart.get_title() == 'draw a digit'
     click(fig, paper, 200, 40, 'button_press_event')
