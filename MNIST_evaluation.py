@@ -182,25 +182,17 @@ def write_report(rows, x, y, out_dir):
     plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
-def chosen_run(names, out_dir, device):
-    """Of these settings' trained runs, the one with the highest validation accuracy (never the test's)."""
-    loaded = [run for run in trained_runs(names, out_dir, device) if run]
-    if not loaded:
-        runs.fail(f'no trained setting in {out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
-    return max(loaded, key=lambda run: run[4]['best_val_accuracy'])
-
-
 def own_digits(args):
-    """--image and --draw: the network that validated best reads your own digits."""
-    _, label, model, checkpoint, history = chosen_run(args.setting or list(Config.settings), args.out_dir, args.device)
+    """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
+    loaded = [run for run in trained_runs(args.setting or list(Config.settings), args.out_dir, args.device) if run]
+    if not loaded:
+        runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
+    _, label, model, checkpoint, history = max(loaded, key=lambda run: run[4]['best_val_accuracy'])
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
     if args.image:
         return 1 if digits.read_images(args.image, model, args.out_dir) else 0
-    fig, button = digits.draw(model, f'{label}: draw a digit with the mouse')
-    if fig.canvas.required_interactive_framework is None:  # matplotlib found no display or no GUI toolkit
-        runs.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
-    plt.show()
+    digits.open_window(model, f'{label}: draw a digit with the mouse')
     return 0
 
 
@@ -228,8 +220,7 @@ def main(argv=None):
             continue
         name, label, *loaded = run
         result = evaluate_run(*loaded, x, y)
-        accuracy = 100 * result['accuracy']
-        print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {accuracy:.2f}%')
+        print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {100 * result["accuracy"]:.2f}%')
         rows.setdefault(name, []).append(result)
     if not rows:
         runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')

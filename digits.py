@@ -183,3 +183,11 @@ def draw(model, title):
     button.on_clicked(clear)
     show()
     return fig, button
+
+
+def open_window(model, title):
+    """The drawing window, until it is closed; one sentence where no window can open."""
+    fig, button = draw(model, title)  # the button answers clicks only while it is kept
+    if fig.canvas.required_interactive_framework is None:  # matplotlib found no display or no GUI toolkit
+        runs.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
+    plt.show()

@@ -1,5 +1,5 @@
 """Run folders and processes: the command line both scripts share, clean exits, atomic files, the folder lock,
-the resume state and worker processes."""
+the resume state, the plot of a run's validation accuracy and worker processes."""
 
 import argparse
 import csv
