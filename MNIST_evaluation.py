@@ -99,8 +99,9 @@ def markdown_table(rows, corner=''):
 
 def plot_mistakes(result, x, y, title, out_dir):
     """A run's confusion matrix of the test split (a picture and its counts in CSV) and its most confident
-    mistakes: the test images with their true and their predicted digit."""
-    confidence, predicted = result['logits'].softmax(1).max(1)
+    mistakes: the test images with their true and their predicted digit, and the probability of each."""
+    probabilities = result['logits'].double().softmax(1)  # float32 rounds the most confident mistakes to 1
+    confidence, predicted = probabilities.max(1)
     counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10).cpu()
     rows = [['true \\ predicted', *range(10)]] + [[i, *row] for i, row in enumerate(counts.tolist())]
     runs.save_csv(os.path.join(out_dir, 'confusion_matrix.csv'), rows)
@@ -118,7 +119,8 @@ def plot_mistakes(result, x, y, title, out_dir):
     for k, i in enumerate(worst):
         ax = fig.add_subplot(2, 8, k + 1, xticks=[], yticks=[])
         ax.imshow(x[i].view(28, 28).cpu(), cmap='gray_r')
-        ax.set_title(f'true {y[i]}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
+        true = f'true {y[i]} ({100 * probabilities[i, y[i]]:.2g}%)'
+        ax.set_title(f'{true}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
     fig.suptitle(f'{title}: the most confident mistakes on the test split')
     runs.save_figure(fig, os.path.join(out_dir, 'mistakes.png'))
 
