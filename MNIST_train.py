@@ -144,12 +144,17 @@ def main(argv=None):
     p.add_argument('--seed', type=runs.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
     p.add_argument('--seeds', type=runs.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
     again = p.add_mutually_exclusive_group()
-    again.add_argument('--resume', action='store_true', help='continue after the last finished epoch')
+    again.add_argument('--resume', action='store_true', help='continue after the last finished epoch (or start)')
     again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
     p.add_argument('--jobs', type=runs.count(1), default=1, metavar='N', help='train N runs at once, sharing the cores')
+    p.add_argument('--task', type=runs.count(0), metavar='I', help='train only run I (from 0): a job array task')
     args = p.parse_args(argv)
     seeds = range(args.seeds) if args.seeds else [args.seed]
     trainings = [(n, s, runs.run_dir(args.out_dir, n, s if args.seeds else None)) for n in args.setting for s in seeds]
+    if args.task is not None:  # settings x seeds, in this order
+        if args.task >= len(trainings):
+            p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
+        trainings = trainings[args.task : args.task + 1]
     locks = [runs.open_run(folder, args.resume, args.force) for _, _, folder in trainings]
     try:
         train_one = functools.partial(train_setting, args=args)

@@ -35,15 +35,8 @@ RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
 def common_parser(config, description, **setting):
     """A parser with the arguments of both scripts: --setting (a row of config.settings or a group), --device,
     --data-dir and --out-dir. `setting` holds add_argument's keywords for --setting."""
-
-    def setting_names(text):
-        names = {str(name): [name] for name in config.settings} | config.groups
-        if text not in names:
-            raise argparse.ArgumentTypeError(f'unknown setting {text!r}; choose from {", ".join(names)}')
-        return names[text]
-
     p = argparse.ArgumentParser(description=description)
-    p.add_argument('--setting', type=setting_names, **setting)
+    p.add_argument('--setting', type=setting_names(config), **setting)
     p.add_argument(
         '--device',
         type=parse_device,
@@ -53,6 +46,18 @@ def common_parser(config, description, **setting):
     p.add_argument('--data-dir', default=config.data_dir, help=f'folder holding MNIST/raw/ (default {config.data_dir})')
     p.add_argument('--out-dir', default=config.out_dir, help=f'folder for results (default {config.out_dir})')
     return p
+
+
+def setting_names(config):
+    """argparse type: a row of config.settings or a group of them, as the list of their names."""
+
+    def parse(text):
+        names = {str(name): [name] for name in config.settings} | config.groups
+        if text not in names:
+            raise argparse.ArgumentTypeError(f'unknown setting {text!r}; choose from {", ".join(names)}')
+        return names[text]
+
+    return parse
 
 
 def parse_device(text):

@@ -179,6 +179,7 @@ def test_existing_results_are_not_overwritten(run_main, tmp_path):
         (['--setting', '1', '--seeds', '0'], "'0' is not a whole number of at least 1"),
         (['--setting', '1', '--jobs', '0'], "'0' is not a whole number of at least 1"),
         (['--setting', '1', '--device', 'tpu'], "unknown device 'tpu'"),
+        (['--setting', '2', '--seeds', '3', '--task', '3'], '--task 3: these settings and seeds make runs 0 to 2'),
         (['--epochs', '3'], 'required: --setting'),
     ],
 )
