@@ -78,9 +78,11 @@ def run_main(tmp_path, data_dir, capsys, monkeypatch):
     import MNIST_evaluation  # here, not at the top: pytest's controlling process needs none of them
     import MNIST_train
     import runs
+    from slurm import sweep
 
     def run(script, *args, data=data_dir, out=tmp_path / 'out'):
-        main = {'MNIST_train.py': MNIST_train.main, 'MNIST_evaluation.py': MNIST_evaluation.main}[script]
+        scripts = {'MNIST_train.py': MNIST_train, 'MNIST_evaluation.py': MNIST_evaluation, 'slurm/sweep.py': sweep}
+        main = scripts[script].main
         argv = [*map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
         monkeypatch.chdir(tmp_path)  # where cli runs the scripts
         capsys.readouterr()

@@ -1,0 +1,240 @@
+"""slurm/sweep.py: a sweep on a real one-node Slurm cluster, whose tasks are interrupted and continue by themselves,
+and its bad input, caught before anything is submitted."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import MNIST_evaluation
+import MNIST_train
+from tests.conftest import ROOT, script_env
+from tests.test_reliability import assert_clean_error, assert_same_state, best_state, evaluated, history_without_times
+
+SWEEP = os.path.join(ROOT, 'slurm', 'sweep.py')
+PROGRAMS = {'munged': 'munge', 'slurmctld': 'slurmctld', 'slurmd': 'slurmd', 'sbatch': 'slurm-client'}
+CONF = """ClusterName=mnist
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ports[0]}
+SlurmdPort={ports[1]}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire: how long a requeued job waits before it starts again (120 s by default)
+AuthInfo=socket={folder}/munge.socket,cred_expire=5
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmdLogFile={folder}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=1
+SlurmdParameters=config_overrides
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+NodeName=mnist NodeHostname={host} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, what, seconds=300):
+    """Poll until condition() gives something true, and return it."""
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f'{what} did not happen within {seconds} s'
+        time.sleep(0.005)
+    return result
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    """A one-node Slurm cluster in a folder of its own (munged, slurmctld and slurmd, with 2 CPUs), stopped by
+    their process ids at the end. Yields the environment in which Slurm's commands use it."""
+    missing = [package for program, package in PROGRAMS.items() if not shutil.which(program)]
+    if missing:
+        pytest.skip(f'Slurm is not installed (no {", ".join(missing)}): apt-get install slurm-wlm munge')
+    if os.geteuid() != 0:
+        pytest.skip('this one-node Slurm runs its jobs as root')
+    folder = tmp_path / 'slurm'
+    for sub in ('state', 'spool'):
+        (folder / sub).mkdir(parents=True)
+    key = folder / 'munge.key'
+    key.write_bytes(os.urandom(128))
+    key.chmod(0o600)
+    host = socket.gethostname().split('.')[0]
+    conf = folder / 'slurm.conf'
+    conf.write_text(CONF.format(host=host, ports=(free_port(), free_port()), folder=folder), encoding='utf-8')
+    env = {**os.environ, 'SLURM_CONF': str(conf)}
+    munge = [
+        f'--{name}={folder}/munge.{name.split("-")[0]}' for name in ('socket', 'pid-file', 'log-file', 'seed-file')
+    ]
+    commands = [['munged', '-F', '--force', f'--key-file={key}', *munge], ['slurmctld', '-D', '-i']]
+    commands += [['slurmd', '-D', '-N', 'mnist']]
+    daemons = []
+    try:
+        for command in commands:
+            with open(folder / f'{command[0]}.out', 'wb') as log:
+                daemons.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        state = ['sinfo', '--noheader', '--format=%t']
+        wait_for(lambda: subprocess.run(state, env=env, capture_output=True, text=True).stdout == 'idle\n', 'Slurm', 60)
+        yield env
+    finally:
+        subprocess.run(['scancel', '--user=root'], env=env, capture_output=True)
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            daemon.wait(timeout=60)
+
+
+def trainer(task, out):
+    """The process id of the trainer of this array task, if it runs."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                command = f.read()
+        except OSError:
+            continue
+        if b'MNIST_train.py\0' in command and f'--task\0{task}\0'.encode() in command and bytes(out) in command:
+            return int(pid)
+    return None
+
+
+def term_pending(pid):
+    """Whether SIGTERM waits to be delivered to a stopped process."""
+    with open(f'/proc/{pid}/status', encoding='utf-8') as f:
+        pending = re.search(r'^ShdPnd:\s*(\w+)', f.read(), re.M).group(1)
+    return int(pending, 16) >> (signal.SIGTERM - 1) & 1
+
+
+def jobs(ids, env):
+    """What Slurm says of these jobs (an array gives one line per task): {JobId: {field: value}}."""
+    lines = subprocess.run(['scontrol', '--oneliner', 'show', 'job', ids], env=env, capture_output=True, text=True)
+    return [dict(re.findall(r'(\w+)=(\S*)', line)) for line in lines.stdout.splitlines()]
+
+
+@pytest.mark.slow
+def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly(slurm, big_data, tmp_path):
+    """Three runs, each stopped once in the middle of its run: requeued by Slurm (as for preemption or a lost node),
+    its trainer killed with SIGKILL, and Slurm's warning before the time limit. Each task continues by itself and
+    ends as the uninterrupted run, bit for bit; the evaluation starts once every task has succeeded."""
+    args = ['--setting', '2', '--seeds', '3', '--epochs', '3', '--data-dir', str(big_data)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a task with one core
+    try:
+        ref = ['--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'ref')]
+        assert MNIST_train.main([*args, *ref[:2], *ref[4:]]) == 0
+        assert MNIST_evaluation.main(ref) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / 'shared'
+    env = script_env(**slurm, CUDA_VISIBLE_DEVICES='')  # the CPU, as the reference
+    command = [sys.executable, SWEEP, *args, '--cpus-per-task', '1', '--out-dir', str(out)]
+    submitted = subprocess.run(command, capture_output=True, encoding='utf-8', env=env, cwd=tmp_path, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    array, evaluation = re.search(r'job array (\d+),.*\nevaluation as job (\d+),', submitted.stdout).groups()
+
+    def requeue(pid, task):
+        subprocess.run(['scontrol', 'requeue', f'{array}_{task}'], env=slurm, check=True)  # SIGCONT, SIGTERM
+
+    def kill(pid, task):
+        os.kill(pid, signal.SIGKILL)
+
+    def time_limit_warning(pid, task):  # what --signal=B:USR1@120 sends 2 to 3 minutes before the time limit
+        subprocess.run(['scancel', '--batch', '--signal=USR1', f'{array}_{task}'], env=slurm, check=True)
+        wait_for(lambda: term_pending(pid), 'the task script passing the warning on as SIGTERM', 60)
+        os.kill(pid, signal.SIGCONT)
+
+    faults, finished = [requeue, kill, time_limit_warning], {}
+    while len(finished) < 3:  # stop each trainer once it has finished an epoch, then apply its fault
+        wait_for(lambda: [t for t in range(3) if t not in finished and trainer(t, out)], 'a new trainer')
+        for task in [t for t in range(3) if t not in finished]:
+            pid, history = trainer(task, out), out / 'setting_2' / f'seed_{task}' / 'history.json'
+            if pid and history.exists():
+                os.kill(pid, signal.SIGSTOP)
+                finished[task] = len(json.loads(history.read_text(encoding='utf-8'))['epochs'])
+                faults[task](pid, task)
+    assert all(1 <= n < 3 for n in finished.values()), finished  # each stopped in the middle of its run
+    wait_for(lambda: jobs(evaluation, slurm)[0]['JobState'] not in ('PENDING', 'RUNNING'), 'the evaluation')
+
+    logs = {t: (out / 'logs' / f'train_{array}_{t}.log').read_text(encoding='utf-8') for t in range(3)}
+    tasks = jobs(array, slurm)
+    assert [(t['JobState'], t['ExitCode'], t['Restarts']) for t in tasks] == [('COMPLETED', '0:0', '1')] * 3, logs
+    assert all(log.count(' starts on ') == 2 and log.count('| epoch') == 3 for log in logs.values()), logs
+    assert all('requeueing the task' in logs[t] for t in (1, 2))  # the task requeued itself
+    (report,) = jobs(evaluation, slurm)
+    assert report['JobState'] == 'COMPLETED' and report['StartTime'] >= max(t['EndTime'] for t in tasks)
+    for seed in range(3):
+        run = f'2/seed_{seed}'
+        assert history_without_times(out, run) == history_without_times(tmp_path / 'ref', run)
+        assert_same_state(best_state(out, run), best_state(tmp_path / 'ref', run))
+    assert evaluated(out) == evaluated(tmp_path / 'ref')  # every seed in the report, as evaluated at home
+
+
+@pytest.fixture
+def sbatch(tmp_path, monkeypatch):
+    """A stand-in for sbatch on the PATH, which notes each submission in a file and answers with a job id."""
+    folder = tmp_path / 'bin'
+    folder.mkdir()
+    (folder / 'sbatch').write_text('#!/bin/sh\necho "$@" >> "$0.calls"\nwc -l < "$0.calls"\n', encoding='utf-8')
+    (folder / 'sbatch').chmod(0o755)
+    monkeypatch.setenv('PATH', f'{folder}{os.pathsep}{os.environ["PATH"]}')
+    return folder / 'sbatch.calls'
+
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='Slurm clusters run Linux; the stand-in sbatch is a shell script')
+def test_a_sweep_submits_one_task_per_run_then_the_evaluation_after_them(run_main, sbatch, tmp_path):
+    result = run_main('slurm/sweep.py', '--setting', 'all', '--seeds', '2', '--epochs', '3', '--time', '0:30:00')
+    assert result.returncode == 0, result.stderr
+    runs_, evaluation = sbatch.read_text(encoding='utf-8').splitlines()
+    out, data = tmp_path / 'out', tmp_path / 'data'
+    assert '--array=0-7 ' in runs_ and '--cpus-per-task=2 ' in runs_ and '--time=0:30:00 ' in runs_
+    train = (
+        f'{sys.executable} {ROOT}/MNIST_train.py --setting all --data-dir {data} --out-dir {out} --seeds=2 --epochs=3'
+    )
+    assert runs_.endswith(f' {ROOT}/slurm/task.sbatch {train}')  # the trainer's command: the task adds --task I
+    assert '--dependency=afterok:1 --kill-on-invalid-dep=yes' in evaluation
+    assert evaluation.endswith(f'--wrap={sys.executable} {ROOT}/MNIST_evaluation.py --data-dir {data} --out-dir {out}')
+    assert 'job array 1, one task per run (8 in all, --cpus-per-task 2 each)' in result.stdout
+    assert 'evaluation as job 2, which starts once every task has succeeded' in result.stdout
+    assert (out / 'logs').is_dir()
+
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='Slurm clusters run Linux; the stand-in sbatch is a shell script')
+def test_bad_sweeps_get_one_sentence_before_anything_is_submitted(run_main, sbatch, tmp_path, monkeypatch):
+    unknown = run_main('slurm/sweep.py', '--setting', 'nine')
+    assert_clean_error(unknown, "unknown setting 'nine'; choose from 1, 2")
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder', encoding='utf-8')
+    unwritable = run_main('slurm/sweep.py', '--setting', '2', out=blocker / 'out')
+    assert_clean_error(unwritable, f'error: cannot write the output folder {blocker / "out"}')
+    assert unwritable.stderr.count('\n') == 1 and not sbatch.exists()  # nothing submitted
+    (tmp_path / 'bin' / 'sbatch').write_text(
+        '#!/bin/sh\necho "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2\nexit 1\n',
+        encoding='utf-8',
+    )
+    refused = run_main('slurm/sweep.py', '--setting', '2')
+    assert_clean_error(refused, 'error: sbatch refused the runs: sbatch: error: Batch job submission failed: Invalid')
+    monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
+    nowhere = run_main('slurm/sweep.py', '--setting', '2')
+    assert_clean_error(nowhere, 'error: sbatch is not on the PATH', 'python MNIST_train.py --jobs N')
