@@ -62,11 +62,12 @@ def main(argv=None):
     n = len(runs.setting_names(Config)(args.setting)) * (args.seeds or 1)
     folders = ['--data-dir', data, '--out-dir', out]
     train = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', args.setting, *folders]
-    train += [f'--seeds={args.seeds}'] * bool(args.seeds) + [f'--epochs={args.epochs}'] * bool(args.epochs)
+    train += [f'--seeds={args.seeds}'] if args.seeds else []
+    train += [f'--epochs={args.epochs}'] if args.epochs else []
     evaluate = [sys.executable, os.path.join(ROOT, 'MNIST_evaluation.py'), *folders]
     cores = args.cpus_per_task  # the trainer's threads too
     options = [f'--cpus-per-task={cores}', f'--export=ALL,OMP_NUM_THREADS={cores},PYTHONUNBUFFERED=1']
-    options += [f'--time={args.time}'] * bool(args.time)
+    options += [f'--time={args.time}'] if args.time else []
     tasks = [f'--array=0-{n - 1}', '--job-name=mnist-train', f'--output={logs}/train_%A_%a.log']
     array = sbatch('the runs', *options, *tasks, os.path.join(ROOT, 'slurm', 'task.sbatch'), *train)
     after = [f'--dependency=afterok:{array}', '--kill-on-invalid-dep=yes', '--job-name=mnist-evaluate']
