@@ -98,7 +98,11 @@ def slurm(tmp_path):
             with open(folder / f'{command[0]}.out', 'wb') as log:
                 daemons.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
         state = ['sinfo', '--noheader', '--format=%t']
-        wait_for(lambda: subprocess.run(state, env=env, capture_output=True, text=True).stdout == 'idle\n', 'Slurm', 60)
+        wait_for(
+            lambda: subprocess.run(state, env=env, capture_output=True, encoding='utf-8').stdout == 'idle\n',
+            'Slurm',
+            60,
+        )
         yield env
     finally:
         subprocess.run(['scancel', '--user=root'], env=env, capture_output=True)
@@ -128,8 +132,10 @@ def term_pending(pid):
 
 
 def jobs(ids, env):
-    """What Slurm says of these jobs (an array gives one line per task): {JobId: {field: value}}."""
-    lines = subprocess.run(['scontrol', '--oneliner', 'show', 'job', ids], env=env, capture_output=True, text=True)
+    """What Slurm says of these jobs, as {field: value} for each (for each task of an array)."""
+    lines = subprocess.run(
+        ['scontrol', '--oneliner', 'show', 'job', ids], env=env, capture_output=True, encoding='utf-8'
+    )
     return [dict(re.findall(r'(\w+)=(\S*)', line)) for line in lines.stdout.splitlines()]
 
 
@@ -142,9 +148,11 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a task with one core
     try:
-        ref = ['--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'ref')]
-        assert MNIST_train.main([*args, *ref[:2], *ref[4:]]) == 0
-        assert MNIST_evaluation.main(ref) == 0
+        assert MNIST_train.main([*args, '--device', 'cpu', '--out-dir', str(tmp_path / 'ref')]) == 0
+        assert (
+            MNIST_evaluation.main(['--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'ref')])
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / 'shared'
@@ -165,15 +173,18 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
         wait_for(lambda: term_pending(pid), 'the task script passing the warning on as SIGTERM', 60)
         os.kill(pid, signal.SIGCONT)
 
-    faults, finished = [requeue, kill, time_limit_warning], {}
-    while len(finished) < 3:  # stop each trainer once it has finished an epoch, then apply its fault
-        wait_for(lambda: [t for t in range(3) if t not in finished and trainer(t, out)], 'a new trainer')
+    faults, finished = [requeue, kill, time_limit_warning], {}  # task: the epochs it had finished when stopped
+
+    def stop_each_after_an_epoch():  # and apply its fault
         for task in [t for t in range(3) if t not in finished]:
             pid, history = trainer(task, out), out / 'setting_2' / f'seed_{task}' / 'history.json'
             if pid and history.exists():
                 os.kill(pid, signal.SIGSTOP)
                 finished[task] = len(json.loads(history.read_text(encoding='utf-8'))['epochs'])
                 faults[task](pid, task)
+        return len(finished) == 3
+
+    wait_for(stop_each_after_an_epoch, 'each trainer finishing an epoch')
     assert all(1 <= n < 3 for n in finished.values()), finished  # each stopped in the middle of its run
     wait_for(lambda: jobs(evaluation, slurm)[0]['JobState'] not in ('PENDING', 'RUNNING'), 'the evaluation')
 
