@@ -20,6 +20,7 @@ from tests.conftest import ROOT, script_env
 from tests.test_reliability import assert_clean_error, assert_same_state, best_state, evaluated, history_without_times
 
 SWEEP = os.path.join(ROOT, 'slurm', 'sweep.py')
+ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY')  # not COMPLETING, which ends
 PROGRAMS = {'munged': 'munge', 'slurmctld': 'slurmctld', 'slurmd': 'slurmd', 'sbatch': 'slurm-client'}
 CONF = """ClusterName=mnist
 SlurmctldHost={host}(127.0.0.1)
@@ -186,7 +187,7 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
 
     wait_for(stop_each_after_an_epoch, 'each trainer finishing an epoch')
     assert all(1 <= n < 3 for n in finished.values()), finished  # each stopped in the middle of its run
-    wait_for(lambda: jobs(evaluation, slurm)[0]['JobState'] not in ('PENDING', 'RUNNING'), 'the evaluation')
+    wait_for(lambda: jobs(evaluation, slurm)[0]['JobState'] in ENDED, 'the end of the evaluation')
 
     logs = {t: (out / 'logs' / f'train_{array}_{t}.log').read_text(encoding='utf-8') for t in range(3)}
     tasks = jobs(array, slurm)
