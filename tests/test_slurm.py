@@ -60,12 +60,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(condition, what, seconds=300):
-    """Poll until condition() gives something true, and return it."""
+def wait_for(condition, what, every=0.2, seconds=300):
+    """Poll every `every` seconds until condition() gives something true, and return it."""
     deadline = time.monotonic() + seconds
     while not (result := condition()):
         assert time.monotonic() < deadline, f'{what} did not happen within {seconds} s'
-        time.sleep(0.005)
+        time.sleep(every)
     return result
 
 
@@ -102,7 +102,7 @@ def slurm(tmp_path):
         wait_for(
             lambda: subprocess.run(state, env=env, capture_output=True, encoding='utf-8').stdout == 'idle\n',
             'Slurm',
-            60,
+            seconds=60,
         )
         yield env
     finally:
@@ -145,7 +145,7 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
     """Three runs, each stopped once in the middle of its run: requeued by Slurm (as for preemption or a lost node),
     its trainer killed with SIGKILL, and Slurm's warning before the time limit. Each task continues by itself and
     ends as the uninterrupted run, bit for bit; the evaluation starts once every task has succeeded."""
-    args = ['--setting', '2', '--seeds', '3', '--epochs', '3', '--data-dir', str(big_data)]
+    args = ['--setting', '2', '--seeds', '3', '--epochs', '5', '--data-dir', str(big_data)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a task with one core
     try:
@@ -171,7 +171,7 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
 
     def time_limit_warning(pid, task):  # what --signal=B:USR1@120 sends 2 to 3 minutes before the time limit
         subprocess.run(['scancel', '--batch', '--signal=USR1', f'{array}_{task}'], env=slurm, check=True)
-        wait_for(lambda: term_pending(pid), 'the task script passing the warning on as SIGTERM', 60)
+        wait_for(lambda: term_pending(pid), 'the task script passing the warning on as SIGTERM', 0.005, 60)
         os.kill(pid, signal.SIGCONT)
 
     faults, finished = [requeue, kill, time_limit_warning], {}  # task: the epochs it had finished when stopped
@@ -185,14 +185,14 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
                 faults[task](pid, task)
         return len(finished) == 3
 
-    wait_for(stop_each_after_an_epoch, 'each trainer finishing an epoch')
-    assert all(1 <= n < 3 for n in finished.values()), finished  # each stopped in the middle of its run
+    wait_for(stop_each_after_an_epoch, 'each trainer finishing an epoch', every=0.005)
+    assert all(1 <= n < 5 for n in finished.values()), finished  # each stopped in the middle of its run
     wait_for(lambda: jobs(evaluation, slurm)[0]['JobState'] in ENDED, 'the end of the evaluation')
 
     logs = {t: (out / 'logs' / f'train_{array}_{t}.log').read_text(encoding='utf-8') for t in range(3)}
     tasks = jobs(array, slurm)
     assert [(t['JobState'], t['ExitCode'], t['Restarts']) for t in tasks] == [('COMPLETED', '0:0', '1')] * 3, logs
-    assert all(log.count(' starts on ') == 2 and log.count('| epoch') == 3 for log in logs.values()), logs
+    assert all(log.count(' starts on ') == 2 and log.count('| epoch') == 5 for log in logs.values()), logs
     assert all('requeueing the task' in logs[t] for t in (1, 2))  # the task requeued itself
     (report,) = jobs(evaluation, slurm)
     assert report['JobState'] == 'COMPLETED' and report['StartTime'] >= max(t['EndTime'] for t in tasks)

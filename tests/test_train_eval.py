@@ -161,9 +161,8 @@ def test_seeds_and_additional_experiments_in_the_report(run_main, tmp_path):
 
 def test_task_trains_one_run_of_the_settings_and_seeds(run_main, tmp_path):
     """--task I: run I of settings x seeds, in its own folder, as one task of a job array trains it."""
-    assert (
-        run_main('MNIST_train.py', '--setting', 'all', '--seeds', '2', '--epochs', '1', '--task', '5').returncode == 0
-    )
+    result = run_main('MNIST_train.py', '--setting', 'all', '--seeds', '2', '--epochs', '1', '--task', '5')
+    assert result.returncode == 0, result.stderr
     assert [p.relative_to(tmp_path / 'out').as_posix() for p in (tmp_path / 'out').glob('*/*')] == ['setting_3/seed_1']
     history = json.loads((tmp_path / 'out' / 'setting_3' / 'seed_1' / 'history.json').read_text(encoding='utf-8'))
     assert history['setting'] == '3' and history['seed'] == 1
