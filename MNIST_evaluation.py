@@ -30,7 +30,7 @@ def load_run(folder, device):
         model = build_model({**Config.base, **history['hyperparameters']}).to(device)
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again') from None
-    return model, runs.load_checkpoint(runs.best_checkpoint(folder), device, model), history
+    return model, runs.load_checkpoint(runs.best_checkpoint(folder), model), history
 
 
 def trained_runs(names, out_dir, device, hint=()):
@@ -102,7 +102,7 @@ def plot_mistakes(result, x, y, title, out_dir):
     mistakes: the test images with their true and their predicted digit, and the probability of each."""
     probabilities = result['logits'].double().softmax(1)  # float32 rounds the most confident mistakes to 1
     confidence, predicted = probabilities.max(1)
-    counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10).cpu()
+    counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10)
     rows = [['true \\ predicted', *range(10)]] + [[i, *row] for i, row in enumerate(counts.tolist())]
     runs.save_csv(os.path.join(out_dir, 'confusion_matrix.csv'), rows)
     fig, ax = plt.subplots(figsize=(6, 5.5))
@@ -118,7 +118,7 @@ def plot_mistakes(result, x, y, title, out_dir):
     fig = plt.figure(figsize=(12, 4.2), layout='constrained')
     for k, i in enumerate(worst):
         ax = fig.add_subplot(2, 8, k + 1, xticks=[], yticks=[])
-        ax.imshow(x[i].view(28, 28).cpu(), cmap='gray_r')
+        ax.imshow(x[i].view(28, 28), cmap='gray_r')
         true = f'true {y[i]} ({100 * probabilities[i, y[i]]:.2g}%)'
         ax.set_title(f'{true}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
     fig.suptitle(f'{title}: the most confident mistakes on the test split')
@@ -192,9 +192,13 @@ def own_digits(args):
     _, label, model, checkpoint, history = max(loaded, key=lambda run: run[4]['best_val_accuracy'])
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
+
+    def read(x):  # the ten probabilities of each digit
+        return predict(model, x).softmax(1)
+
     if args.image:
-        return 1 if digits.read_images(args.image, model, args.out_dir) else 0
-    digits.open_window(model, f'{label}: draw a digit with the mouse')
+        return 1 if digits.read_images(args.image, read, args.out_dir) else 0
+    digits.open_window(read, f'{label}: draw a digit with the mouse')
     return 0
 
 
@@ -214,7 +218,7 @@ def main(argv=None):
         return own_digits(args)
     names = args.setting or list(Config.settings)
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
-    x, y = (t.to(args.device) for t in data_load(args.data_dir, train=False))
+    x, y = data_load(args.data_dir, train=False)  # on the CPU, where predict() returns the logits
     rows, skipped = {}, 0
     for run in trained_runs(names, args.out_dir, args.device, hint=asked):
         if run is None:

@@ -162,6 +162,9 @@ def build_model(hyper):
 
 @torch.no_grad()
 def predict(model, x, straightened=False, batch_size=10_000):
-    """Logits for every image, in eval mode; straightened images skip the model's deskewing."""
+    """Logits for every image, in eval mode: the images go to the model's device and the logits come back to the CPU,
+    wherever the model is. Straightened images skip the model's deskewing."""
     model.eval()
-    return torch.cat([(model.classify if straightened else model)(part) for part in x.split(batch_size)])
+    net = model.classify if straightened else model
+    device = next(model.parameters()).device
+    return torch.cat([net(part.to(device)).cpu() for part in x.split(batch_size)])

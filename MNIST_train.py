@@ -39,7 +39,7 @@ def train(model, optimizer, scheduler, x, y, hyper):
 
 def validate(model, x, y):
     """Loss and accuracy on the (straightened) validation images, in eval mode without gradients."""
-    logits = predict(model, x, straightened=True)
+    logits, y = predict(model, x, straightened=True), y.cpu()
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 

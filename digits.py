@@ -83,12 +83,6 @@ def normalise(image):
     return x.flatten()
 
 
-@torch.no_grad()
-def probabilities(model, x):
-    """The ten probabilities that the network gives each digit [B, 784], in eval mode."""
-    return model.eval()(x).softmax(1)
-
-
 def show_reading(axes, image, x, probabilities, title):
     """Three panels: an image as given, the 28x28 that the network sees, and the ten probabilities it gives."""
     for ax in axes:
@@ -104,9 +98,9 @@ def show_reading(axes, image, x, probabilities, title):
     axes[2].set(title=read, xticks=range(10), ylim=(0, 100), ylabel='probability (%)')
 
 
-def read_images(paths, model, out_dir):
+def read_images(paths, read, out_dir):
     """Print what the network reads in each image file (or folder of them) and write own_digits.png and
-    own_digits.csv; returns how many could not be read."""
+    own_digits.csv; returns how many could not be read. read(x): the ten probabilities for images [B, 784]."""
     readings, failed = [], 0
     for file in (file for path in paths for file in image_files(path)):
         try:
@@ -117,13 +111,13 @@ def read_images(paths, model, out_dir):
             failed += 1
     if not readings:
         return failed
-    read = probabilities(model, torch.stack([x for _, _, x in readings]))
+    probabilities = read(torch.stack([x for _, _, x in readings]))
     shown = min(len(readings), 12)  # more would make a picture too long to look at, and slow to draw
     fig, axes = plt.subplots(
         shown, 3, figsize=(9, 2.6 * shown), width_ratios=[1, 1, 1.6], squeeze=False, layout='constrained'
     )
     rows = [['image', 'digit', *range(10)]]
-    for k, ((file, image, x), p) in enumerate(zip(readings, read)):
+    for k, ((file, image, x), p) in enumerate(zip(readings, probabilities)):
         first, second = p.topk(2).indices.tolist()
         print(f'{file}: {first} ({p[first]:.1%}), then {second} ({p[second]:.1%})')
         if k < shown:
@@ -136,7 +130,7 @@ def read_images(paths, model, out_dir):
     return failed
 
 
-def draw(model, title):
+def draw(read, title):
     """A window to draw a digit in with the mouse. After each stroke it shows what the network sees and reads;
     the button clears the paper. Returns the figure and the button, which must be kept."""
     fig, axes = plt.subplots(1, 3, figsize=(11, 4), width_ratios=[1, 1, 1.6], layout='constrained')
@@ -147,10 +141,10 @@ def draw(model, title):
     def show():
         try:
             x = normalise(paper)
-            read = probabilities(model, x[None])[0]
+            p = read(x[None])[0]
         except ValueError:  # blank paper
-            x, read = torch.zeros(784), torch.zeros(10)
-        show_reading(axes, paper, x, read, 'draw here')
+            x, p = torch.zeros(784), torch.zeros(10)
+        show_reading(axes, paper, x, p, 'draw here')
         fig.canvas.draw_idle()
 
     def stroke(event):  # a line as thick as MNIST's, once the digit is scaled to MNIST's size
@@ -185,9 +179,9 @@ def draw(model, title):
     return fig, button
 
 
-def open_window(model, title):
+def open_window(read, title):
     """The drawing window, until it is closed; one sentence where no window can open."""
-    fig, button = draw(model, title)  # the button answers clicks only while it is kept
+    fig, button = draw(read, title)  # the button answers clicks only while it is kept
     if fig.canvas.required_interactive_framework is None:  # matplotlib found no display or no GUI toolkit
         runs.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
     plt.show()

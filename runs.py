@@ -218,11 +218,11 @@ def best_checkpoint(folder):
     return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
 
 
-def load_checkpoint(path, device='cpu', model=None):
-    """Read a checkpoint safely (tensors and plain values only) and load its weights into `model`, if given;
-    ValueError says what is wrong."""
+def load_checkpoint(path, model=None):
+    """Read a checkpoint safely (tensors and plain values only) onto the CPU and load its weights into `model`, if
+    given, wherever the model is; ValueError says what is wrong."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError:
         raise ValueError(f'{path} holds more than tensors and plain values; refused, it could run code') from None
     except Exception:
@@ -285,8 +285,13 @@ def load_state(folder, model, optimizer, scheduler, history):
         if scheduler:
             scheduler.load_state_dict(state['scheduler_state_dict'])
         torch.set_rng_state(state['rng_state'])
-        if state.get('device_rng_state') is not None:
-            device = next(model.parameters()).device
+        device, before = next(model.parameters()).device, state['history']['device'].split(':')[0]
+        if before != device.type:  # the other device's generator cannot be restored here
+            print(
+                f'warning: {folder} continues on {device.type} after training on {before}: not bit-exact',
+                file=sys.stderr,
+            )
+        elif state.get('device_rng_state') is not None:
             torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
     except (ValueError, KeyError, RuntimeError) as e:
         fail(f'cannot resume from {path} ({e}); pass --force to start over')
@@ -295,7 +300,7 @@ def load_state(folder, model, optimizer, scheduler, history):
             f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
             'other epochs too); pass --force to start over'
         )
-    return {**state['history'], 'hyperparameters': history['hyperparameters']}
+    return {**state['history'], 'hyperparameters': history['hyperparameters'], 'device': history['device']}
 
 
 def save_state(folder, model, optimizer, scheduler, history):

@@ -87,7 +87,8 @@ def click(fig, ax, x, y, name, button=1):
 
 
 def test_drawing_a_digit_shows_what_the_network_sees_and_reads_and_clear_empties_it():
-    fig, button = digits.draw(MNIST_model().eval(), 'test')
+    model = MNIST_model()
+    fig, button = digits.draw(lambda x: predict(model, x).softmax(1), 'test')
     paper, seen, chart = fig.axes[:3]
     assert not seen.images[0].get_array().any() and chart.get_title() == 'draw a digit'
     click(fig, paper, 200, 40, 'button_press_event')
