@@ -8,18 +8,12 @@ python MNIST_evaluation.py --draw          # draw digits with the mouse
 
 import json
 import os
-import statistics
 import sys
 
-import matplotlib.pyplot as plt
-import torch
-
 import digits
+import report
 import runs
-from MNIST_model import Config, build_model, data_load, predict, setting
-
-# How the report writes activations; the others, and initialisations, are capitalized
-NAMES = {'relu': 'ReLU', 'leaky_relu': 'Leaky ReLU (0.1)', 'elu': 'ELU', 'maxout': 'Maxout (2)'}
+from MNIST_model import Config, build_model, data_load, predict
 
 
 def load_run(folder, device):
@@ -56,132 +50,6 @@ def evaluate_run(model, checkpoint, history, x, y):
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
     return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
-
-
-def mean_std(values, fmt):
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f'{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}'
-
-
-def table_row(results):
-    """The assignment's twelve columns for one setting (mean ± std over seeds where there are several)."""
-    h = results[0]['history']['hyperparameters']
-    times = [100 * r['history']['training_time'] / len(r['history']['epochs']) for r in results]
-    return {
-        'Batch_size': h['batch_size'],
-        'Activation function': NAMES.get(h['activation'], h['activation'].capitalize()),
-        '# of layers': h['layers'],
-        'Layer size': h['width'],
-        'Epoch': h['epochs'],
-        'Weight initialization': h['init'].capitalize(),
-        'Optimizer': h['optimizer'],
-        'Learning rate': f'{h["lr"]:g}',
-        'Weight decay': f'{h["weight_decay"]:g}',
-        '100 epoch training time': mean_std(times, '{:.1f} s'),
-        'Early stopping epoch': mean_std([r['epoch'] for r in results], '{:.0f}'),
-        'Accuracy': mean_std([100 * r['accuracy'] for r in results], '{:.2f}%'),
-    }
-
-
-def differences(hyper):
-    """What a run's hyperparameters change relative to Setting 2 (epochs have their own column)."""
-    ref = setting(2)
-    return ', '.join(f'{k}={v}' for k, v in hyper.items() if k != 'epochs' and v != ref.get(k)) or 'nothing'
-
-
-def markdown_table(rows, corner=''):
-    """rows: {first cell: {column: cell}}."""
-    header = [corner, *next(iter(rows.values()))]
-    lines = [header, ['---'] * len(header), *([name, *row.values()] for name, row in rows.items())]
-    return '\n'.join('| ' + ' | '.join(map(str, line)) + ' |' for line in lines)
-
-
-def plot_mistakes(result, x, y, title, out_dir):
-    """A run's confusion matrix of the test split (a picture and its counts in CSV) and its most confident
-    mistakes: the test images with their true and their predicted digit, and the probability of each."""
-    probabilities = result['logits'].double().softmax(1)  # float32 rounds the most confident mistakes to 1
-    confidence, predicted = probabilities.max(1)
-    counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10)
-    rows = [['true \\ predicted', *range(10)]] + [[i, *row] for i, row in enumerate(counts.tolist())]
-    runs.save_csv(os.path.join(out_dir, 'confusion_matrix.csv'), rows)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    ax.imshow(counts.log1p(), cmap='Blues')  # log shading, so that a few mistakes show beside a thousand hits
-    for i, row in enumerate(counts.tolist()):
-        for j, n in enumerate(row):
-            ax.text(j, i, n, ha='center', va='center', fontsize=8, color='white' if i == j else 'black')
-    ax.set(xticks=range(10), yticks=range(10), xlabel='predicted digit', ylabel='true digit')
-    ax.set_title(f'{title}: confusion matrix of the test split')
-    runs.save_figure(fig, os.path.join(out_dir, 'confusion_matrix.png'))
-    wrong = (predicted != y).nonzero()[:, 0]
-    worst = wrong[confidence[wrong].argsort(descending=True)[:16]].tolist()
-    fig = plt.figure(figsize=(12, 4.2), layout='constrained')
-    for k, i in enumerate(worst):
-        ax = fig.add_subplot(2, 8, k + 1, xticks=[], yticks=[])
-        ax.imshow(x[i].view(28, 28), cmap='gray_r')
-        true = f'true {y[i]} ({100 * probabilities[i, y[i]]:.2g}%)'
-        ax.set_title(f'{true}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
-    fig.suptitle(f'{title}: the most confident mistakes on the test split')
-    runs.save_figure(fig, os.path.join(out_dir, 'mistakes.png'))
-
-
-def weight_decay_sweep(rows, out_dir):
-    """The sweep's plot and report section: test accuracy per optimizer and lambda, mean ± std over seeds."""
-    acc = {}  # optimizer -> {lambda: [test accuracy % of each seed]}
-    for name in (n for n in Config.groups['wd'] if n in rows):
-        h = rows[name][0]['history']['hyperparameters']
-        acc.setdefault(h['optimizer'], {})[h['weight_decay']] = [100 * r['accuracy'] for r in rows[name]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for optimizer, points in acc.items():
-        means = [statistics.mean(a) for a in points.values()]
-        stds = [statistics.stdev(a) if len(a) > 1 else 0 for a in points.values()]
-        label = optimizer + (' (decoupled decay)' if optimizer == 'AdamW' else ' (L2)')
-        ax.errorbar(list(points), means, yerr=stds, capsize=3, marker='o', label=label)
-    ax.set_xscale('symlog', linthresh=1e-5)  # a log axis that also shows lambda = 0
-    ax.set(title='Weight decay sweep (mean ± std over seeds)', xlabel='weight decay λ', ylabel='test accuracy (%)')
-    ax.grid(alpha=0.3)
-    ax.legend()
-    runs.save_figure(fig, os.path.join(out_dir, 'weight_decay.png'))
-    table = {
-        f'{lam:g}': {opt: mean_std(p[lam], '{:.2f}%') if lam in p else '' for opt, p in acc.items()}
-        for lam in sorted({lam for points in acc.values() for lam in points})
-    }
-    plot = '![Weight decay sweep](weight_decay.png)'
-    return f'## Weight decay sweep (test accuracy)\n\n{markdown_table(table, corner="λ")}\n\n{plot}\n\n'
-
-
-def write_report(rows, x, y, out_dir):
-    """report.md and report.csv with the assignment's columns, and their pictures."""
-    table = {n: table_row(r) for n, r in rows.items()}
-    assignment = {f'Setting #{n}': table[n] for n in rows if n in Config.groups['all']}
-    extra = {
-        f'Setting #{n}': {'Differs from Setting #2': differences(r[0]['history']['hyperparameters'])} | table[n]
-        for n, r in rows.items()
-        if n not in Config.groups['all'] + Config.groups['wd']
-    }
-    best = max(rows, key=lambda n: statistics.mean(r['accuracy'] for r in rows[n]))
-    title = f'Setting #{best}' + (f' seed {rows[best][0]["history"]["seed"]}' if len(rows[best]) > 1 else '')
-    body = '# MNIST 4-layer perceptron: evaluation report\n\n'
-    if assignment:
-        plot = '![Validation accuracy](val_accuracy.png)'
-        body += f'{markdown_table(assignment)}\n\n**Validation dataset accuracy plot**\n\n{plot}\n\n'
-    body += f'**Where the best setting, {title}, goes wrong on the test split**\n\n'
-    body += '![Confusion matrix](confusion_matrix.png)\n\n![Most confident mistakes](mistakes.png)\n\n'
-    if extra:
-        body += f'## Additional experiments\n\n{markdown_table(extra)}\n\n'
-    if any(n in rows for n in Config.groups['wd']):
-        body += weight_decay_sweep(rows, out_dir)
-    body += (
-        'Accuracy is measured once on the 10,000 test images; the early stopping epoch was chosen on a '
-        'validation split of 10,000 images held out from the training images.\n'
-    )
-    runs.save_atomic(os.path.join(out_dir, 'report.md'), lambda f: f.write(body.encode()))
-    runs.save_csv(
-        os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
-    )
-    panels = {f'Setting #{n}': r[0]['history'] for n, r in rows.items() if n in Config.groups['all'] or not assignment}
-    runs.plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
-    plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
 def own_digits(args):
@@ -230,7 +98,7 @@ def main(argv=None):
         rows.setdefault(name, []).append(result)
     if not rows:
         runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
-    write_report(rows, x, y, args.out_dir)
+    report.write_report(rows, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0
 
