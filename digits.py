@@ -35,7 +35,7 @@ def read_image(path):
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError
                 image.load()
-                return image
+                return image.convert('LA') if image.mode == 'La' else image  # Pillow converts La to LA only
     except FileNotFoundError:
         raise ValueError('no such file or folder') from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -66,11 +66,13 @@ def normalise(image):
     paper = value <= value.median()
     for _ in range(3):
         ink = value - surface @ torch.linalg.lstsq(surface[paper], value[paper]).solution
-        noise = ink[paper].std()
+        noise = ink[paper].std(correction=0)  # 0 for a single pixel
         paper = ink < 3 * noise + 0.02
     if ink.max() < 0.15:
         raise ValueError('no ink: the image is blank')
     ink = (ink.view(h, w) - 6 * noise).clamp_min(0)  # what is fainter than the paper's noise is paper
+    if not ink.any():
+        raise ValueError('no ink stands out from the noise of the paper')
     rows, cols = ink.sum(1).nonzero()[:, 0], ink.sum(0).nonzero()[:, 0]
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     size = [max(1, round(20 * n / max(ink.shape))) for n in ink.shape]
@@ -105,7 +107,9 @@ def read_images(paths, read, out_dir):
     for file in (file for path in paths for file in image_files(path)):
         try:
             image = read_image(file)
-            readings.append((file, image, normalise(image)))
+            with warnings.catch_warnings():  # Pillow's advice on palettes, say: not for the reader of the output
+                warnings.simplefilter('ignore')
+                readings.append((file, image, normalise(image)))
         except ValueError as e:
             print(f'error: {file}: {e}', file=sys.stderr)
             failed += 1

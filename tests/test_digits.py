@@ -115,3 +115,32 @@ def test_draw_without_a_window_says_so_and_points_to_image(run_main, trained):
     result = run_main('MNIST_evaluation.py', '--draw')
     assert_clean_error(result, 'no window can open here', '--image')
     assert result.stderr.count('\n') == 1
+
+
+def test_every_image_mode_and_size_gives_a_reading_or_one_sentence(cli, trained, tmp_path):
+    """Each mode that Pillow writes in a TIFF file, a few pixels and photos of noise: a reading or one sentence each,
+    the other images still read, and no warning or traceback from a library."""
+    digit = torch.zeros(784)
+    digit.view(28, 28)[6:22, 12:16] = 1  # a 1
+    photo_of_a_digit = Image.open(photo(digit, 0, tmp_path))
+    modes = ['1', 'CMYK', 'F', 'I', 'I;16', 'I;16B', 'L', 'LA', 'LAB', 'P', 'PA', 'RGB', 'RGBA', 'YCbCr']
+    read = []
+    for mode in modes:
+        read.append(tmp_path / f'{mode.replace(";", "_")}.tif')
+        photo_of_a_digit.convert('RGBA' if mode == 'PA' else 'RGB').convert(mode).save(read[-1])
+        assert Image.open(read[-1]).mode == mode
+    noise = torch.randint(0, 256, (100, 100, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    Image.fromarray(noise.numpy(), 'RGB').save(tmp_path / 'noise.png')
+    small = []
+    for size in [(1, 1), (1, 5), (5, 1), (2, 2), (3, 3)]:
+        small.append(tmp_path / f'{size[0]}x{size[1]}.png')
+        image = Image.new('L', size, 255)
+        image.putpixel((0, 0), 0)
+        image.save(small[-1])
+    result = cli('MNIST_evaluation.py', '--image', *read, tmp_path / 'noise.png', *small)
+    assert 'Traceback' not in result.stderr and 'Warning' not in result.stderr, result.stderr
+    readings = {line.split(': ')[0] for line in result.stdout.splitlines()[1:-1]}
+    errors = {line.split(': ')[1] for line in result.stderr.splitlines()}
+    assert readings >= {str(path) for path in read}  # every mode reads the digit
+    assert str(tmp_path / 'noise.png') in errors | readings and errors.isdisjoint(readings)
+    assert len(readings) + len(errors) == len(read) + 1 + len(small) and result.returncode == (1 if errors else 0)
