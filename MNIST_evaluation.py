@@ -24,12 +24,14 @@ def load_run(folder, device):
         model = build_model({**Config.base, **history['hyperparameters']}).to(device)
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again') from None
-    return model, runs.load_checkpoint(runs.best_checkpoint(folder), model), history
+    if not history['best_epoch']:
+        raise ValueError(f'{folder} holds no checkpoint: its training diverged in its first epoch')
+    return model, runs.load_checkpoint(runs.best_checkpoint(folder, history), model), history
 
 
 def trained_runs(names, out_dir, device, hint=()):
-    """Each trained run of these settings as (name, label, network, checkpoint, history), or None for a run that
-    cannot be loaded, once it is said why; the settings in `hint` that are not trained get a hint how to."""
+    """Each trained run of these settings as (name, label, folder, network, checkpoint, history), or None for a run
+    that cannot be loaded, once it is said why; the settings in `hint` that are not trained get a hint how to."""
     for name in names:
         folders = runs.run_folders(out_dir, name)
         if not folders and name in hint:
@@ -42,7 +44,7 @@ def trained_runs(names, out_dir, device, hint=()):
                 yield None
                 continue
             label = f'Setting {name}' + (f' seed {history["seed"]}' if len(folders) > 1 else '')
-            yield name, label, model, checkpoint, history
+            yield name, label, folder, model, checkpoint, history
 
 
 def evaluate_run(model, checkpoint, history, x, y):
@@ -52,12 +54,28 @@ def evaluate_run(model, checkpoint, history, x, y):
     return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
 
 
+def unfinished(name, label, folder, history, args):
+    """A sentence for a run that stopped before its last planned epoch, saying how to continue it; else None."""
+    trained, planned = len(history['epochs']), history['hyperparameters']['epochs']
+    if 'diverged' in history:
+        best = history['best_epoch']
+        return f'{label}: diverged at epoch {history["diverged"]} of {planned}; its best epoch, {best}, is reported'
+    if trained == planned:
+        return None
+    again = ['python', 'MNIST_train.py', '--setting', str(name), '--epochs', str(planned)]
+    if folder != runs.run_dir(args.out_dir, name):  # a seed's run: run I of seeds 0..I
+        again += ['--seeds', str(history['seed'] + 1), '--task', str(history['seed'])]
+    again += ['--data-dir', str(args.data_dir)] if args.data_dir != Config.data_dir else []
+    again += ['--out-dir', str(args.out_dir)] if args.out_dir != Config.out_dir else []
+    return f'{label}: trained {trained} of {planned} epochs; continue with: {runs.command_line([*again, "--resume"])}'
+
+
 def own_digits(args):
     """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
     loaded = [run for run in trained_runs(args.setting or list(Config.settings), args.out_dir, args.device) if run]
     if not loaded:
         runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
-    _, label, model, checkpoint, history = max(loaded, key=lambda run: run[4]['best_val_accuracy'])
+    _, label, _, model, checkpoint, history = max(loaded, key=lambda run: run[-1]['best_val_accuracy'])
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
 
@@ -87,18 +105,21 @@ def main(argv=None):
     names = args.setting or list(Config.settings)
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
     x, y = data_load(args.data_dir, train=False)  # on the CPU, where predict() returns the logits
-    rows, skipped = {}, 0
+    rows, notes, skipped = {}, [], 0
     for run in trained_runs(names, args.out_dir, args.device, hint=asked):
         if run is None:
             skipped += 1
             continue
-        name, label, *loaded = run
+        name, label, folder, *loaded = run
         result = evaluate_run(*loaded, x, y)
         print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {100 * result["accuracy"]:.2f}%')
         rows.setdefault(name, []).append(result)
+        if note := unfinished(name, label, folder, result['history'], args):
+            print(note)
+            notes.append(note)
     if not rows:
         runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
-    report.write_report(rows, x, y, args.out_dir, Config)
+    report.write_report(rows, notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0
 

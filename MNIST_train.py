@@ -44,19 +44,15 @@ def validate(model, x, y):
 
 
 def save_best(folder, model, history):
-    """The checkpoint of the best validation epoch so far, which the evaluation reloads; the previous one goes."""
-    epoch = history['best_epoch']
-    path = os.path.join(folder, f'epoch_{epoch}.pth')
+    """The checkpoint of the best validation epoch so far, which the evaluation reloads (the previous one goes once
+    the state after this epoch is saved)."""
     checkpoint = {
-        'epoch': epoch,
+        'epoch': history['best_epoch'],
         'model_state_dict': model.state_dict(),
         'hyperparameters': history['hyperparameters'],
         'val_accuracy': history['best_val_accuracy'],
     }
-    runs.save_torch(path, checkpoint)  # CPU tensors: torch.load(path) works on any machine
-    for old in runs.files(folder, 'epoch_*.pth'):
-        if old != path:
-            os.remove(old)
+    runs.save_torch(runs.best_checkpoint(folder, history), checkpoint)  # CPU tensors: torch.load works anywhere
 
 
 def make_optimizer(model, hyper, steps_per_epoch):
@@ -109,6 +105,7 @@ def train_setting(name, seed, folder, args):
                 f'keeping the best checkpoint so far (epoch {history["best_epoch"]})',
                 file=sys.stderr,
             )
+            runs.save_history(folder, {**history, 'diverged': epoch})  # for the report; --resume starts before it
             return False
         row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc, seconds=seconds)
         history['epochs'].append(row)
@@ -126,7 +123,8 @@ def train_setting(name, seed, folder, args):
         runs.plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
         print(
             f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
-            f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> {runs.best_checkpoint(folder)}'
+            f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> '
+            f'{runs.best_checkpoint(folder, history)}'
         )
     return True
 
@@ -155,7 +153,9 @@ def main(argv=None):
         if args.task >= len(trainings):
             p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
         trainings = trainings[args.task : args.task + 1]
-    locks = [runs.open_run(folder, args.resume, args.force) for _, _, folder in trainings]
+    for name in dict.fromkeys(n for n, _, _ in trainings) if args.force else []:  # no run of an earlier command stays
+        runs.start_over(runs.run_dir(args.out_dir, name))
+    locks = [runs.open_run(folder, args.resume) for _, _, folder in trainings]
     try:
         train_one = functools.partial(train_setting, args=args)
         load_data = functools.partial(training_data, args.data_dir, args.device)

@@ -20,20 +20,23 @@ def mean_std(values, fmt):
 
 
 def table_row(results):
-    """The assignment's twelve columns for one setting (mean ± std over seeds where there are several)."""
+    """The assignment's twelve columns for one setting (mean ± std over seeds where there are several). A run that
+    stopped before its last planned epoch shows the epochs it trained, of those planned."""
     h = results[0]['history']['hyperparameters']
     times = [100 * r['history']['training_time'] / len(r['history']['epochs']) for r in results]
+    trained = sorted({len(r['history']['epochs']) for r in results})
+    span = str(trained[0]) if len(trained) == 1 else f'{trained[0]}-{trained[-1]}'
     return {
         'Batch_size': h['batch_size'],
         'Activation function': NAMES.get(h['activation'], h['activation'].capitalize()),
         '# of layers': h['layers'],
         'Layer size': h['width'],
-        'Epoch': h['epochs'],
+        'Epoch': h['epochs'] if trained == [h['epochs']] else f'{span} of {h["epochs"]}',
         'Weight initialization': h['init'].capitalize(),
         'Optimizer': h['optimizer'],
         'Learning rate': f'{h["lr"]:g}',
         'Weight decay': f'{h["weight_decay"]:g}',
-        '100 epoch training time': mean_std(times, '{:.1f} s'),
+        '100 epoch training time': mean_std(times, '{:.1f} s') + ('' if trained == [100] else f' (from {span} epochs)'),
         'Early stopping epoch': mean_std([r['epoch'] for r in results], '{:.0f}'),
         'Accuracy': mean_std([100 * r['accuracy'] for r in results], '{:.2f}%'),
     }
@@ -105,8 +108,9 @@ def weight_decay_sweep(rows, out_dir, config):
     return f'## Weight decay sweep (test accuracy)\n\n{markdown_table(table, corner="λ")}\n\n{plot}\n\n'
 
 
-def write_report(rows, x, y, out_dir, config):
-    """report.md and report.csv with the assignment's columns, and their pictures."""
+def write_report(rows, notes, x, y, out_dir, config):
+    """report.md and report.csv with the assignment's columns, and their pictures; `notes` name the runs that
+    stopped before their last planned epoch."""
     table = {n: table_row(r) for n, r in rows.items()}
     assignment = {f'Setting #{n}': table[n] for n in rows if n in config.groups['all']}
     extra = {
@@ -120,6 +124,8 @@ def write_report(rows, x, y, out_dir, config):
     if assignment:
         plot = '![Validation accuracy](val_accuracy.png)'
         body += f'{markdown_table(assignment)}\n\n**Validation dataset accuracy plot**\n\n{plot}\n\n'
+    if notes:
+        body += '**Runs that stopped before their last planned epoch**\n\n' + ''.join(f'- {n}\n' for n in notes) + '\n'
     body += f'**Where the best setting, {title}, goes wrong on the test split**\n\n'
     body += '![Confusion matrix](confusion_matrix.png)\n\n![Most confident mistakes](mistakes.png)\n\n'
     if extra:

@@ -11,6 +11,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import re
 import shlex
 import signal
 import subprocess
@@ -29,7 +30,7 @@ except ImportError:  # Windows
 
     fcntl = None
 
-RESULTS = ('last.pth', 'history.json', 'val_accuracy.png', 'epoch_*.pth')
+RESULTS = ('last.pth', 'history.json', 'val_accuracy.png')  # and the best checkpoint, epoch_N.pth
 
 
 def common_parser(config, description, **setting):
@@ -212,10 +213,22 @@ def command_line(args):
     return subprocess.list2cmdline(args) if sys.platform == 'win32' else shlex.join(args)
 
 
-def best_checkpoint(folder):
-    """The saved best-epoch checkpoint of a run, or None."""
-    paths = files(folder, 'epoch_*.pth')
-    return max(paths, key=lambda p: int(p.rsplit('_', 1)[1][:-4]), default=None)
+def named(folder, pattern):
+    """The entries of `folder` named exactly as the project names them, `pattern` with a number for N, sorted by
+    N; others (a copy, a renamed folder) are not the project's."""
+    numbers = re.compile(re.escape(pattern).replace('N', '(0|[1-9][0-9]*)'))
+    found = [(int(m[1]), name) for name in sorted(os.listdir(folder)) if (m := numbers.fullmatch(name))]
+    return [os.path.join(folder, name) for _, name in sorted(found)]
+
+
+def best_checkpoint(folder, history):
+    """The checkpoint of the best epoch, which the run's history names."""
+    return os.path.join(folder, f'epoch_{history["best_epoch"]}.pth')
+
+
+def results(folder):
+    """The files of a run that the project wrote into `folder`."""
+    return [p for p in [os.path.join(folder, f) for f in RESULTS] if os.path.exists(p)] + named(folder, 'epoch_N.pth')
 
 
 def load_checkpoint(path, model=None):
@@ -223,8 +236,12 @@ def load_checkpoint(path, model=None):
     given, wherever the model is; ValueError says what is wrong."""
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f'{path} is missing') from None
     except pickle.UnpicklingError:
-        raise ValueError(f'{path} holds more than tensors and plain values; refused, it could run code') from None
+        raise ValueError(
+            f'{path} is damaged or holds more than tensors and plain values; refused, as it could run code'
+        ) from None
     except Exception:
         raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
     if not isinstance(checkpoint, dict) or 'model_state_dict' not in checkpoint or 'epoch' not in checkpoint:
@@ -239,9 +256,9 @@ def load_checkpoint(path, model=None):
     return checkpoint
 
 
-def open_run(folder, resume, force):
-    """Lock and check a run's folder: one run writes it at a time, and results are only overwritten when asked.
-    Returns the lock, which the operating system releases when this process ends, however it ends."""
+def lock(folder):
+    """Lock a run's folder, making it if need be: one run writes it at a time. Returns the lock, which the operating
+    system releases when it is closed or when this process ends, however it ends."""
     try:
         os.makedirs(folder, exist_ok=True)
         lock = open(os.path.join(folder, '.lock'), 'wb')
@@ -256,15 +273,29 @@ def open_run(folder, resume, force):
         fail(f'another run is writing {folder}; wait until it ends or stop it')
     except OSError as e:  # a file system without locks (some network folders): EOPNOTSUPP, ENOLCK
         print(f'warning: {folder} cannot be locked ({e.strerror}); start no second run on it', file=sys.stderr)
+    return lock
+
+
+def open_run(folder, resume):
+    """Lock and check a run's folder: results are only continued when asked, and a setting's own folder is not
+    trained beside the runs of several seeds. Returns the lock."""
+    held = lock(folder)
     for tmp in files(folder, '*.tmp'):  # left by a run that was killed while writing
         os.remove(tmp)
-    old = [p for pattern in RESULTS for p in files(folder, pattern)]
-    if force:
-        for p in old:
-            os.remove(p)
-    elif old and not resume:
+    if any(results(seed) for seed in named(folder, 'seed_N')):
+        fail(f'{folder} holds runs of several seeds (--seeds); continue them with --seeds K, or pass --force')
+    if results(folder) and not resume:
         fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
-    return lock
+    return held
+
+
+def start_over(folder):
+    """--force: delete the results of a setting's every run, in its own folder and its seeds' folders, so that
+    only the runs of this command remain; a run that another process is writing is left alone, with a sentence."""
+    for run in [folder, *named(folder, 'seed_N')] if os.path.isdir(folder) else []:
+        with lock(run):
+            for path in results(run):
+                os.remove(path)
 
 
 def run_identity(history):
@@ -317,6 +348,13 @@ def save_state(folder, model, optimizer, scheduler, history):
         'scheduler_state_dict': scheduler.state_dict() if scheduler else None,
     }
     save_torch(os.path.join(folder, 'last.pth'), state)
+    save_history(folder, history)
+    for path in named(folder, 'epoch_N.pth'):  # the previous best, once the state that names the new one is saved
+        if path != best_checkpoint(folder, history):
+            os.remove(path)
+
+
+def save_history(folder, history):
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
@@ -375,6 +413,10 @@ def exit_with_command():
 
 
 def run_folders(out_dir, name):
-    """The folders of a setting's finished runs: one per seed, or the setting's own folder."""
-    seeds = sorted(files(run_dir(out_dir, name), 'seed_*'), key=lambda p: int(p.rsplit('_', 1)[1]))
-    return [p for p in seeds if best_checkpoint(p)] or [p for p in [run_dir(out_dir, name)] if best_checkpoint(p)]
+    """The folders of a setting's runs, those with a history: one per seed, or else the setting's own folder."""
+    folder = run_dir(out_dir, name)
+    if not os.path.isdir(folder):
+        return []
+    seeds = [seed for seed in named(folder, 'seed_N') if os.path.exists(os.path.join(seed, 'history.json'))]
+    own = [folder] if os.path.exists(os.path.join(folder, 'history.json')) else []
+    return seeds or own

@@ -1,5 +1,6 @@
 """Train settings on a Slurm cluster: one job array task per run (setting x seed), each requeued and continued when
-it is preempted, reaches its time limit or loses its node, then the evaluation once every run has succeeded.
+it is preempted, reaches its time limit or loses its node, then the evaluation once every task has ended, whatever
+became of its run: the report names the runs that diverged or did not finish.
 
 python slurm/sweep.py --setting wd --seeds 3 --out-dir /scratch/$USER/mnist --time 1:00:00
 """
@@ -64,17 +65,17 @@ def main(argv=None):
     train = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', args.setting, *folders]
     train += [f'--seeds={args.seeds}'] if args.seeds else []
     train += [f'--epochs={args.epochs}'] if args.epochs else []
-    evaluate = [sys.executable, os.path.join(ROOT, 'MNIST_evaluation.py'), *folders]
+    evaluate = [sys.executable, os.path.join(ROOT, 'MNIST_evaluation.py'), '--setting', args.setting, *folders]
     cores = args.cpus_per_task  # the trainer's threads too
     options = [f'--cpus-per-task={cores}', f'--export=ALL,OMP_NUM_THREADS={cores},PYTHONUNBUFFERED=1']
     options += [f'--time={args.time}'] if args.time else []
     tasks = [f'--array=0-{n - 1}', '--job-name=mnist-train', f'--output={logs}/train_%A_%a.log']
     array = sbatch('the runs', *options, *tasks, os.path.join(ROOT, 'slurm', 'task.sbatch'), *train)
-    after = [f'--dependency=afterok:{array}', '--kill-on-invalid-dep=yes', '--job-name=mnist-evaluate']
+    after = [f'--dependency=afterany:{array}', '--job-name=mnist-evaluate']  # a failed run is a result too
     what = f'the evaluation (the runs were submitted as job array {array})'
     job = sbatch(what, *options, *after, f'--output={logs}/evaluate_%j.log', f'--wrap={shlex.join(evaluate)}')
     print(f'Submitted job array {array}, one task per run ({n} in all, --cpus-per-task {cores} each), and the')
-    print(f'evaluation as job {job}, which starts once every task has succeeded. Logs: {logs}; report: {out}/report.md')
+    print(f'evaluation as job {job}, which starts once every task has ended. Logs: {logs}; report: {out}/report.md')
     return 0
 
 

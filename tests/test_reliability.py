@@ -150,6 +150,8 @@ def test_kill_during_a_checkpoint_write_loses_nothing(harness, run_main, tmp_pat
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / 'out' / 'setting_2'
     assert torch.load(folder / 'last.pth', weights_only=True)['epoch'] == 2  # the old state is intact
+    best = json.loads((folder / 'history.json').read_text(encoding='utf-8'))['best_epoch']
+    assert (folder / f'epoch_{best}.pth').exists()  # the checkpoint that the history names, whatever came after
     assert run_main('MNIST_train.py', *args, '--resume').returncode == 0
     assert not glob.glob(str(folder / '*.tmp'))
     assert history_without_times(tmp_path / 'out') == history_without_times(tmp_path / 'ref')

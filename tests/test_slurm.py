@@ -1,6 +1,8 @@
 """slurm/sweep.py: a sweep on a real one-node Slurm cluster, whose tasks are interrupted and continue by themselves,
 and its bad input, caught before anything is submitted."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -17,7 +19,7 @@ import torch
 import MNIST_evaluation
 import MNIST_train
 from tests.conftest import ROOT, script_env
-from tests.test_reliability import assert_clean_error, assert_same_state, best_state, evaluated, history_without_times
+from tests.test_reliability import assert_clean_error, assert_same_state, best_state, history_without_times
 
 SWEEP = os.path.join(ROOT, 'slurm', 'sweep.py')
 ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY')  # not COMPLETING, which ends
@@ -142,23 +144,24 @@ def jobs(ids, env):
 
 @pytest.mark.slow
 def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly(slurm, big_data, tmp_path):
-    """Three runs, each stopped once in the middle of its run: requeued by Slurm (as for preemption or a lost node),
-    its trainer killed with SIGKILL, and Slurm's warning before the time limit. Each task continues by itself and
-    ends as the uninterrupted run, bit for bit; the evaluation starts once every task has succeeded."""
+    """Four runs, each stopped once in the middle of its run: requeued by Slurm (as for preemption or a lost node),
+    its trainer killed with SIGKILL, Slurm's warning before the time limit, and a killed trainer whose saved state
+    is damaged. The first three continue by themselves and end as the uninterrupted runs, bit for bit; the fourth
+    fails. The evaluation starts once every task has ended and names the run that failed."""
     args = ['--setting', '2', '--seeds', '3', '--epochs', '5', '--data-dir', str(big_data)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a task with one core
     try:
         assert MNIST_train.main([*args, '--device', 'cpu', '--out-dir', str(tmp_path / 'ref')]) == 0
-        assert (
-            MNIST_evaluation.main(['--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'ref')])
-            == 0
-        )
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            evaluate = ['--device', 'cpu', '--data-dir', str(big_data), '--out-dir', str(tmp_path / 'ref')]
+            assert MNIST_evaluation.main(evaluate) == 0
+        at_home = [line for line in printed.getvalue().splitlines() if ': accuracy of the' in line]
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / 'shared'
     env = script_env(**slurm, CUDA_VISIBLE_DEVICES='')  # the CPU, as the reference
-    command = [sys.executable, SWEEP, *args, '--cpus-per-task', '1', '--out-dir', str(out)]
+    command = [sys.executable, SWEEP, *args, '--seeds', '4', '--cpus-per-task', '1', '--out-dir', str(out)]
     submitted = subprocess.run(command, capture_output=True, encoding='utf-8', env=env, cwd=tmp_path, timeout=120)
     assert submitted.returncode == 0, submitted.stderr
     array, evaluation = re.search(r'job array (\d+),.*\nevaluation as job (\d+),', submitted.stdout).groups()
@@ -174,25 +177,31 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
         wait_for(lambda: term_pending(pid), 'the task script passing the warning on as SIGTERM', 0.005, 60)
         os.kill(pid, signal.SIGCONT)
 
-    faults, finished = [requeue, kill, time_limit_warning], {}  # task: the epochs it had finished when stopped
+    def damage_then_kill(pid, task):  # the trainer's last state unreadable: resuming it fails, and so does the task
+        (out / 'setting_2' / f'seed_{task}' / 'last.pth').write_bytes(b'damaged')
+        os.kill(pid, signal.SIGKILL)
+
+    faults, finished = [requeue, kill, time_limit_warning, damage_then_kill], {}  # task: its epochs when stopped
 
     def stop_each_after_an_epoch():  # and apply its fault
-        for task in [t for t in range(3) if t not in finished]:
+        for task in [t for t in range(4) if t not in finished]:
             pid, history = trainer(task, out), out / 'setting_2' / f'seed_{task}' / 'history.json'
             if pid and history.exists():
                 os.kill(pid, signal.SIGSTOP)
                 finished[task] = len(json.loads(history.read_text(encoding='utf-8'))['epochs'])
                 faults[task](pid, task)
-        return len(finished) == 3
+        return len(finished) == 4
 
     wait_for(stop_each_after_an_epoch, 'each trainer finishing an epoch', every=0.005)
     assert all(1 <= n < 5 for n in finished.values()), finished  # each stopped in the middle of its run
     wait_for(lambda: jobs(evaluation, slurm)[0]['JobState'] in ENDED, 'the end of the evaluation')
 
-    logs = {t: (out / 'logs' / f'train_{array}_{t}.log').read_text(encoding='utf-8') for t in range(3)}
-    tasks = jobs(array, slurm)
-    assert [(t['JobState'], t['ExitCode'], t['Restarts']) for t in tasks] == [('COMPLETED', '0:0', '1')] * 3, logs
-    assert all(log.count(' starts on ') == 2 and log.count('| epoch') == 5 for log in logs.values()), logs
+    logs = {t: (out / 'logs' / f'train_{array}_{t}.log').read_text(encoding='utf-8') for t in range(4)}
+    tasks = sorted(jobs(array, slurm), key=lambda t: int(t['ArrayTaskId']))
+    states = [(t['JobState'], t['ExitCode'], t['Restarts']) for t in tasks]
+    assert states == [('COMPLETED', '0:0', '1')] * 3 + [('FAILED', '1:0', '1')], logs
+    assert all(logs[t].count(' starts on ') == 2 and logs[t].count('| epoch') == 5 for t in range(3)), logs
+    assert f'error: cannot resume from {out / "setting_2" / "seed_3" / "last.pth"}' in logs[3]
     assert all('requeueing the task' in logs[t] for t in (1, 2))  # the task requeued itself
     (report,) = jobs(evaluation, slurm)
     assert report['JobState'] == 'COMPLETED' and report['StartTime'] >= max(t['EndTime'] for t in tasks)
@@ -200,7 +209,11 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
         run = f'2/seed_{seed}'
         assert history_without_times(out, run) == history_without_times(tmp_path / 'ref', run)
         assert_same_state(best_state(out, run), best_state(tmp_path / 'ref', run))
-    assert evaluated(out) == evaluated(tmp_path / 'ref')  # every seed in the report, as evaluated at home
+    printed = (out / 'logs' / f'evaluate_{evaluation}.log').read_text(encoding='utf-8')
+    assert len(at_home) == 3 and all(line in printed for line in at_home)  # the three seeds as evaluated at home
+    report = (out / 'report.md').read_text(encoding='utf-8')  # and the failed one named
+    assert f'- Setting 2 seed 3: trained {finished[3]} of 5 epochs; continue with: ' in report
+    assert f'| Setting #2 | 200 | ReLU | 4 | 200 | {finished[3]}-5 of 5 |' in report
 
 
 @pytest.fixture
@@ -225,10 +238,11 @@ def test_a_sweep_submits_one_task_per_run_then_the_evaluation_after_them(run_mai
         f'{sys.executable} {ROOT}/MNIST_train.py --setting all --data-dir {data} --out-dir {out} --seeds=2 --epochs=3'
     )
     assert runs_.endswith(f' {ROOT}/slurm/task.sbatch {train}')  # the trainer's command: the task adds --task I
-    assert '--dependency=afterok:1 --kill-on-invalid-dep=yes' in evaluation
-    assert evaluation.endswith(f'--wrap={sys.executable} {ROOT}/MNIST_evaluation.py --data-dir {data} --out-dir {out}')
+    assert '--dependency=afterany:1 ' in evaluation  # also after a run that failed
+    evaluate = f'{ROOT}/MNIST_evaluation.py --setting all --data-dir {data} --out-dir {out}'
+    assert evaluation.endswith(f'--wrap={sys.executable} {evaluate}')
     assert 'job array 1, one task per run (8 in all, --cpus-per-task 2 each)' in result.stdout
-    assert 'evaluation as job 2, which starts once every task has succeeded' in result.stdout
+    assert 'evaluation as job 2, which starts once every task has ended' in result.stdout
     assert (out / 'logs').is_dir()
 
 

@@ -54,7 +54,7 @@ def test_train_then_evaluate_fills_the_report(run_main, tmp_path):
     assert len(cells) == 13 and all(cells)
     assert cells[1:10] == ['200', 'ReLU', '4', '200', '4', 'He', 'Adam', '0.0001', '0']
     assert cells[11] == str(best['epoch']) and cells[12].endswith('%')
-    assert cells[10] == f'{100 * history["training_time"] / 4:.1f} s'  # the time of 100 epochs, from 4
+    assert cells[10] == f'{100 * history["training_time"] / 4:.1f} s (from 4 epochs)'  # the time of 100 epochs
     assert (tmp_path / 'out' / 'report.csv').read_bytes().startswith(codecs.BOM_UTF8)  # how Excel knows UTF-8
     with open(tmp_path / 'out' / 'report.csv', encoding='utf-8-sig', newline='') as f:
         table = list(csv.reader(f))

@@ -1,0 +1,90 @@
+"""The report shows exactly what was trained, and explains its results."""
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import MNIST_train
+from tests.conftest import ROOT, script_env
+from tests.test_reliability import assert_clean_error, ctrl_c_at_epoch
+
+
+def report_rows(out):
+    with open(out / 'report.csv', encoding='utf-8-sig', newline='') as f:
+        return {row['Setting']: row for row in csv.DictReader(f)}
+
+
+def test_force_starts_a_setting_over_whatever_seeds_it_had(cli, run_main, tmp_path):
+    assert cli('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1').returncode == 0
+    assert cli('MNIST_train.py', '--setting', '2', '--epochs', '3', '--force').returncode == 0
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0 and 'seed' not in evaluated.stdout, evaluated.stderr
+    assert (
+        report_rows(tmp_path / 'out')['2']['Epoch'] == '3' and '±' not in report_rows(tmp_path / 'out')['2']['Accuracy']
+    )
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '3', '--epochs', '2', '--force').returncode == 0
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1', '--force').returncode == 0
+    evaluated = run_main('MNIST_evaluation.py')
+    lines = [line.split(':')[0] for line in evaluated.stdout.splitlines() if 'accuracy of the' in line]
+    assert lines == ['Setting 2 seed 0', 'Setting 2 seed 1']
+    assert 'seed 2' not in evaluated.stdout and report_rows(tmp_path / 'out')['2']['Epoch'] == '1'
+    refused = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1', '--resume')  # beside the seeds' runs
+    assert_clean_error(refused, 'holds runs of several seeds', '--force')
+
+
+def test_a_stopped_run_is_reported_with_the_epochs_it_trained_and_how_to_continue(run_main, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        ctrl_c_at_epoch(5, patch)  # seed 1, in its second epoch
+        assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '3').returncode == 130
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0, evaluated.stderr
+    (line,) = [line for line in evaluated.stdout.splitlines() if 'trained 1 of 3 epochs' in line]
+    assert line.startswith('Setting 2 seed 1: trained 1 of 3 epochs; continue with: python MNIST_train.py --setting 2')
+    row = report_rows(tmp_path / 'out')['2']
+    assert row['Epoch'] == '1-3 of 3' and row['100 epoch training time'].endswith(' s (from 1-3 epochs)')
+    assert f'- {line}' in (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
+    command = line.split('continue with: ')[1]  # as printed, through a shell
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']
+    resumed = subprocess.run(command, shell=True, cwd=ROOT, env=script_env(PATH=path), capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    evaluated = run_main('MNIST_evaluation.py')
+    assert 'epochs; continue with' not in evaluated.stdout and report_rows(tmp_path / 'out')['2']['Epoch'] == '3'
+
+
+def test_a_diverged_run_is_reported_at_its_best_epoch(run_main, tmp_path, monkeypatch):
+    real_train, epochs = MNIST_train.train, []
+
+    def train(*args):
+        epochs.append(1)
+        return math.nan if len(epochs) == 3 else real_train(*args)
+
+    monkeypatch.setattr(MNIST_train, 'train', train)
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '5').returncode == 1
+    evaluated = run_main('MNIST_evaluation.py')
+    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
+    note = f'Setting 2: diverged at epoch 3 of 5; its best epoch, {history["best_epoch"]}, is reported'
+    assert evaluated.returncode == 0 and note in evaluated.stdout, evaluated.stderr
+    assert report_rows(tmp_path / 'out')['2']['Epoch'] == '2 of 5'
+
+
+def test_only_the_files_the_project_wrote_count(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2').returncode == 0
+    setting = tmp_path / 'out' / 'setting_2'
+    shutil.copytree(setting / 'seed_1', setting / 'seed_1_old')  # renamed by hand
+    history = json.loads((setting / 'seed_0' / 'history.json').read_text(encoding='utf-8'))
+    best = setting / 'seed_0' / f'epoch_{history["best_epoch"]}.pth'
+    shutil.copy(best, setting / 'seed_0' / f'epoch_{history["best_epoch"]} copy.pth')  # a file manager's copy
+    shutil.copy(best, setting / 'seed_0' / 'epoch_99.pth')  # a name the project writes, but not the best's
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0 and evaluated.stderr == '', evaluated.stderr
+    lines = [line for line in evaluated.stdout.splitlines() if 'accuracy of the' in line]
+    assert [line.split(':')[0] for line in lines] == ['Setting 2 seed 0', 'Setting 2 seed 1']
+    assert f'accuracy of the {history["best_epoch"]} epoch trained model' in lines[0]
+    best.write_bytes(b'not a checkpoint')
+    damaged = run_main('MNIST_evaluation.py')
+    assert_clean_error(damaged, f'Setting 2: skipped: {best} is damaged')
+    assert damaged.stderr.count('\n') == 1
