@@ -1,5 +1,6 @@
-"""The evaluation report: the assignment's twelve columns (report.md, report.csv), the additional experiments and the
-weight-decay sweep, and their pictures: validation accuracy, the confusion matrix and the most confident mistakes."""
+"""The evaluation report: the assignment's twelve columns (report.md, report.csv), the summary of results, the
+additional experiments and the weight-decay sweep, and their pictures: validation accuracy, learning curves, the
+confusion matrix and the most confident mistakes."""
 
 import os
 import statistics
@@ -126,6 +127,8 @@ def write_report(rows, notes, x, y, out_dir, config):
         body += f'{markdown_table(assignment)}\n\n**Validation dataset accuracy plot**\n\n{plot}\n\n'
     if notes:
         body += '**Runs that stopped before their last planned epoch**\n\n' + ''.join(f'- {n}\n' for n in notes) + '\n'
+    curves = '![Training and validation loss](learning_curves.png)'
+    body += f'## Summary of results\n\n{summary(rows, config)}\n\n**Learning curves**\n\n{curves}\n\n'
     body += f'**Where the best setting, {title}, goes wrong on the test split**\n\n'
     body += '![Confusion matrix](confusion_matrix.png)\n\n![Most confident mistakes](mistakes.png)\n\n'
     if extra:
@@ -142,4 +145,131 @@ def write_report(rows, notes, x, y, out_dir, config):
     )
     panels = {f'Setting #{n}': r[0]['history'] for n, r in rows.items() if n in config.groups['all'] or not assignment}
     runs.plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
+    plot_learning_curves(panels, os.path.join(out_dir, 'learning_curves.png'))
     plot_mistakes(rows[best][0], x, y, title, out_dir)
+
+
+def plot_learning_curves(histories, path):
+    """Training and validation loss per epoch, one panel per run {title: history}, the best epoch marked: where
+    the validation loss turns up while the training loss falls, the network overfits."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.6), squeeze=False, sharey=True)
+    for ax, (title, history) in zip(axes[0], histories.items()):
+        epochs = range(1, len(history['epochs']) + 1)
+        for key, label in (('train_loss', 'training loss'), ('val_loss', 'validation loss')):
+            ax.plot(epochs, [e[key] for e in history['epochs']], label=label)
+        ax.axvline(history['best_epoch'], color='tab:red', linestyle=':', label=f'best epoch {history["best_epoch"]}')
+        ax.set(title=title, xlabel='epoch', ylabel='loss (log scale)', yscale='log')
+        ax.grid(alpha=0.3)
+        ax.legend(loc='lower left')
+    fig.tight_layout()
+    runs.save_figure(fig, path)
+
+
+def accuracy(results):
+    return statistics.mean(100 * r['accuracy'] for r in results)
+
+
+def points(a, b):
+    return f'{abs(a - b):.2f} point' + ('' if f'{abs(a - b):.2f}' == '1.00' else 's')
+
+
+def summary(rows, config):
+    """The results summary, the sheet's "[결과 정리]": only the sentences that the runs in `rows` support, every
+    figure taken from them (accuracies as the table writes them; losses of each setting's first seed)."""
+    compared = [n for n in rows if n in config.groups['all']] or list(rows)
+    hyper = {n: rows[n][0]['history']['hyperparameters'] for n in rows}
+    epochs = {n: rows[n][0]['history']['epochs'] for n in rows}
+    acc = {n: accuracy(rows[n]) for n in rows}
+    ranked = sorted(compared, key=acc.get, reverse=True)
+    best, text = ranked[0], []
+    if len(ranked) == 1:
+        text.append(f'Setting #{best} reached {acc[best]:.2f}% test accuracy.')
+    else:
+        text.append(
+            f'Setting #{best} scored best, {acc[best]:.2f}% test accuracy, {points(acc[best], acc[ranked[1]])} '
+            f'ahead of Setting #{ranked[1]} ({acc[ranked[1]]:.2f}%).'
+        )
+    by_decay = {}  # optimizers compared at equal weight decay
+    for n in compared:
+        by_decay.setdefault(hyper[n]['weight_decay'], {})[hyper[n]['optimizer']] = n
+
+    def without_decay(n):  # the setting trained as n, but without weight decay
+        same = {**hyper[n], 'weight_decay': 0.0, 'epochs': None}
+        return next((m for m in rows if {**hyper[m], 'epochs': None} == same), None)
+
+    optimizers = []
+    for lam, found in by_decay.items():
+        if len(found) == 2:
+            (a, n), (b, m) = sorted(found.items(), key=lambda item: acc[item[1]], reverse=True)
+            context = f'with weight decay {lam:g}' if lam else 'without weight decay'
+            optimizers.append(f'{context}, {a} beat {b} by {points(acc[n], acc[m])} (#{n} against #{m})')
+    if optimizers:
+        sentence = '; '.join(optimizers)
+        text.append(sentence[0].upper() + sentence[1:] + '.')
+    decay, fits, effects = [], [], set()  # effects: (decay raised the accuracy, decay raised the final loss)
+    for n in compared:
+        if hyper[n]['weight_decay'] and (m := without_decay(n)) is not None:
+            optimizer, lam = hyper[n]['optimizer'], hyper[n]['weight_decay']
+            loss = epochs[n][-1]['train_loss'], epochs[m][-1]['train_loss']
+            effects.add((acc[n] > acc[m], loss[0] > loss[1]))
+            change = 'raised' if acc[n] > acc[m] else 'lowered'
+            decay.append(f'{change} the test accuracy of {optimizer} by {points(acc[n], acc[m])} (λ = {lam:g}, #{n})')
+            fits.append(f'{loss[0]:.2g} with it against {loss[1]:.2g} without ({optimizer})')
+    if decay:
+        verdict = {
+            frozenset([(True, True)]): ': it traded fit on the training images for accuracy on new ones',
+            frozenset([(False, True)]): ': at this strength it held the network back from fitting, underfitting',
+        }.get(frozenset(effects), '')
+        text.append(
+            f'Weight decay {" and ".join(decay)}; the training loss at the last epoch was {" and ".join(fits)}'
+            f'{verdict}.'
+        )
+    rose, flat = [], []
+    for n in compared:
+        low, last = min(epochs[n], key=lambda e: e['val_loss']), epochs[n][-1]
+        if last['val_loss'] > 1.1 * low['val_loss'] and last['train_loss'] < low['train_loss']:
+            rose.append(
+                f'#{n} from {low["val_loss"]:.3f} at epoch {low["epoch"]} to {last["val_loss"]:.3f} at epoch '
+                f'{last["epoch"]}, its training loss falling to {last["train_loss"]:.2g}'
+            )
+        else:
+            flat.append(f'#{n}')
+    stops = ', '.join(f'#{n}: {rows[n][0]["epoch"]} of {len(epochs[n])}' for n in compared)
+    sentence = f'The best validation epochs fell at {stops}.'
+    if rose:
+        sentence += (
+            f' Training on, the validation loss rose ({"; ".join(rose)}): the network overfitted, the picture of '
+            'early stopping, although validation accuracy, which chooses the checkpoint here, kept its plateau.'
+        )
+        sentence += f' The validation loss of {" and ".join(flat)} stayed within 10% of its lowest.' if flat else ''
+    text.append(sentence)
+    spread = {n: statistics.stdev(100 * r['accuracy'] for r in rows[n]) for n in compared if len(rows[n]) > 1}
+    if len(ranked) > 1 and spread:
+        margin, noise = acc[best] - acc[ranked[1]], max(spread.values())
+        text.append(
+            f'Over {max(len(rows[n]) for n in compared)} seeds, the {points(acc[best], acc[ranked[1]])} margin of '
+            f'#{best} over #{ranked[1]} is {"larger than" if margin > noise else "within"} the seed-to-seed spread '
+            f'(a standard deviation of up to {noise:.2f} points).'
+        )
+    elif len(ranked) > 1:
+        text.append(
+            'Each setting is a single run, so margins of a few tenths of a point cannot be told from chance; '
+            '`--seeds 3` measures the spread.'
+        )
+    extra = [n for n in rows if n not in config.groups['all'] + config.groups['wd']]
+    if extra:
+        top = max(extra, key=acc.get)
+        what = differences(hyper[top], config)
+        text.append(f'Of the additional experiments, Setting #{top} ({what}) scored best, {acc[top]:.2f}%.')
+    sweep = {}  # optimizer: the sweep's setting that scored best with it
+    for n in (n for n in config.groups['wd'] if n in rows):
+        if acc[n] > acc.get(sweep.get(hyper[n]['optimizer']), -1):
+            sweep[hyper[n]['optimizer']] = n
+    found = []
+    for optimizer, n in sweep.items():
+        m = without_decay(n) if hyper[n]['weight_decay'] else None
+        versus = f', {points(acc[n], acc[m])} {"above" if acc[n] > acc[m] else "below"} λ = 0' if m else ''
+        found.append(f'{hyper[n]["weight_decay"]:g} for {optimizer} ({acc[n]:.2f}%{versus})')
+    if found:
+        text.append(f'In the weight-decay sweep, the best λ was {", ".join(found)}.')
+    return ' '.join(text)

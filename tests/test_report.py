@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,3 +89,58 @@ def test_only_the_files_the_project_wrote_count(run_main, tmp_path):
     damaged = run_main('MNIST_evaluation.py')
     assert_clean_error(damaged, f'Setting 2: skipped: {best} is damaged')
     assert damaged.stderr.count('\n') == 1
+
+
+def summary_of(out):
+    return (out / 'report.md').read_text(encoding='utf-8').split('## Summary of results\n\n')[1].split('\n')[0]
+
+
+def made_up(name, accuracy, final_train_loss):
+    """A setting's result as the evaluation hands it to the report: one seed, 10 epochs, its best at epoch 6."""
+    from MNIST_model import setting
+
+    losses = [dict(epoch=e, train_loss=final_train_loss * (11 - e), val_loss=0.1) for e in range(1, 11)]
+    history = {'hyperparameters': {**setting(name), 'epochs': 10}, 'epochs': losses, 'seed': 0, 'best_epoch': 6}
+    return [{'accuracy': accuracy, 'epoch': 6, 'history': history}]
+
+
+def test_the_summary_says_where_weight_decay_helps_and_where_it_hurts():
+    import report
+    from MNIST_model import Config
+
+    rows = {2: made_up(2, 0.9787, 1e-4), 4: made_up(4, 0.9720, 0.09), 'Adam-0.001': made_up('Adam-0.001', 0.9801, 0.01)}
+    text = report.summary(rows, Config)
+    assert 'lowered the test accuracy of Adam by 0.67 points (λ = 0.01, #4)' in text  # hurts
+    assert 'the best λ was 0.001 for Adam (98.01%, 0.14 points above λ = 0)' in text  # helps
+    assert 'held the network back from fitting, underfitting' in text and 'Adadelta' not in text
+    assert set(re.findall(r'\d+\.\d\d%', text)) <= {'97.87%', '97.20%', '98.01%'}
+
+
+def test_the_summary_and_learning_curves_of_real_runs(run_main, tmp_path):
+    for name in ('2', '4', 'Adam-0.001'):
+        assert run_main('MNIST_train.py', '--setting', name, '--epochs', '3').returncode == 0
+    assert run_main('MNIST_evaluation.py').returncode == 0
+    out = tmp_path / 'out'
+    accuracy = {name: row['Accuracy'] for name, row in report_rows(out).items()}
+    text = summary_of(out)
+    assert set(re.findall(r'\d+\.\d\d%', text)) <= set(accuracy.values())  # every figure is the table's
+    a = {name: float(value[:-1]) for name, value in accuracy.items()}
+    change = 'raised' if a['4'] > a['2'] else 'lowered'
+    assert f'{change} the test accuracy of Adam by {abs(a["4"] - a["2"]):.2f} point' in text
+    direction = 'above' if a['Adam-0.001'] > a['2'] else 'below'
+    assert f'0.001 for Adam ({accuracy["Adam-0.001"]}, {abs(a["Adam-0.001"] - a["2"]):.2f} point' in text
+    assert f'{direction} λ = 0' in text and 'Each setting is a single run' in text
+    assert '](learning_curves.png)' in (out / 'report.md').read_text(encoding='utf-8')
+    assert (out / 'learning_curves.png').stat().st_size > 0
+
+
+def test_the_summary_compares_only_what_was_trained(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--seeds', '2').returncode == 0
+    assert run_main('MNIST_evaluation.py').returncode == 0
+    alone = summary_of(tmp_path / 'out')
+    assert alone.startswith('Setting #2 reached ') and not {'beat', 'ahead', 'seeds', 'single'} & set(alone.split())
+    assert run_main('MNIST_train.py', '--setting', '1', '--epochs', '2', '--seeds', '2').returncode == 0
+    assert run_main('MNIST_evaluation.py').returncode == 0
+    both = summary_of(tmp_path / 'out')
+    assert 'Adam beat Adadelta' in both or 'Adadelta beat Adam' in both
+    assert 'Over 2 seeds, the ' in both and 'the seed-to-seed spread' in both
