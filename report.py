@@ -119,7 +119,7 @@ def write_report(rows, notes, x, y, out_dir, config):
         for n, r in rows.items()
         if n not in config.groups['all'] + config.groups['wd']
     }
-    best = max(rows, key=lambda n: statistics.mean(r['accuracy'] for r in rows[n]))
+    best = max(rows, key=lambda n: accuracy(rows[n]))
     title = f'Setting #{best}' + (f' seed {rows[best][0]["history"]["seed"]}' if len(rows[best]) > 1 else '')
     body = '# MNIST 4-layer perceptron: evaluation report\n\n'
     if assignment:
@@ -176,10 +176,11 @@ def points(a, b):
 def summary(rows, config):
     """The results summary, the sheet's "[결과 정리]": only the sentences that the runs in `rows` support, every
     figure taken from them (accuracies as the table writes them; losses of each setting's first seed)."""
-    compared = [n for n in rows if n in config.groups['all']] or list(rows)
+    acc = {n: accuracy(rows[n]) for n in rows}
+    compared = [n for n in rows if n in config.groups['all']] or [n for n in rows if n not in config.groups['wd']]
+    compared = compared or [max(rows, key=acc.get)]  # the sweep alone: its best setting, and the sweep's sentence
     hyper = {n: rows[n][0]['history']['hyperparameters'] for n in rows}
     epochs = {n: rows[n][0]['history']['epochs'] for n in rows}
-    acc = {n: accuracy(rows[n]) for n in rows}
     ranked = sorted(compared, key=acc.get, reverse=True)
     best, text = ranked[0], []
     if len(ranked) == 1:

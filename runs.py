@@ -217,7 +217,7 @@ def named(folder, pattern):
     """The entries of `folder` named exactly as the project names them, `pattern` with a number for N, sorted by
     N; others (a copy, a renamed folder) are not the project's."""
     numbers = re.compile(re.escape(pattern).replace('N', '(0|[1-9][0-9]*)'))
-    found = [(int(m[1]), name) for name in sorted(os.listdir(folder)) if (m := numbers.fullmatch(name))]
+    found = [(int(m[1]), name) for name in os.listdir(folder) if (m := numbers.fullmatch(name))]
     return [os.path.join(folder, name) for _, name in sorted(found)]
 
 
@@ -291,11 +291,13 @@ def open_run(folder, resume):
 
 def start_over(folder):
     """--force: delete the results of a setting's every run, in its own folder and its seeds' folders, so that
-    only the runs of this command remain; a run that another process is writing is left alone, with a sentence."""
-    for run in [folder, *named(folder, 'seed_N')] if os.path.isdir(folder) else []:
-        with lock(run):
-            for path in results(run):
-                os.remove(path)
+    only the runs of this command remain. While another process writes one of them, one sentence and nothing else."""
+    folders = [folder, *named(folder, 'seed_N')] if os.path.isdir(folder) else []
+    locks = [lock(run) for run in folders]  # every one before anything is deleted
+    for path in (path for run in folders for path in results(run)):
+        os.remove(path)
+    for held in locks:
+        held.close()
 
 
 def run_identity(history):

@@ -333,6 +333,10 @@ def test_divergence_stops_the_setting_and_keeps_the_best(run_main, tmp_path, mon
     folder = tmp_path / 'out' / 'setting_2'
     assert [p.name for p in folder.glob('epoch_*.pth')] == ['epoch_2.pth']
     assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 2
+    evaluation = run_main('MNIST_evaluation.py')  # a result all the same, at its best epoch
+    assert 'Setting 2: diverged at epoch 3 of 5; its best epoch, 2, is reported' in evaluation.stdout
+    with open(tmp_path / 'out' / 'report.csv', encoding='utf-8-sig', newline='') as f:
+        assert [row['Epoch'] for row in csv.DictReader(f)] == ['2 of 5']
 
 
 def test_training_never_reads_the_test_split(data_dir, tmp_path):

@@ -2,14 +2,12 @@
 
 import csv
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 
-import MNIST_train
 from tests.conftest import ROOT, script_env
 from tests.test_reliability import assert_clean_error, ctrl_c_at_epoch
 
@@ -54,22 +52,6 @@ def test_a_stopped_run_is_reported_with_the_epochs_it_trained_and_how_to_continu
     assert resumed.returncode == 0, resumed.stderr
     evaluated = run_main('MNIST_evaluation.py')
     assert 'epochs; continue with' not in evaluated.stdout and report_rows(tmp_path / 'out')['2']['Epoch'] == '3'
-
-
-def test_a_diverged_run_is_reported_at_its_best_epoch(run_main, tmp_path, monkeypatch):
-    real_train, epochs = MNIST_train.train, []
-
-    def train(*args):
-        epochs.append(1)
-        return math.nan if len(epochs) == 3 else real_train(*args)
-
-    monkeypatch.setattr(MNIST_train, 'train', train)
-    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '5').returncode == 1
-    evaluated = run_main('MNIST_evaluation.py')
-    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
-    note = f'Setting 2: diverged at epoch 3 of 5; its best epoch, {history["best_epoch"]}, is reported'
-    assert evaluated.returncode == 0 and note in evaluated.stdout, evaluated.stderr
-    assert report_rows(tmp_path / 'out')['2']['Epoch'] == '2 of 5'
 
 
 def test_only_the_files_the_project_wrote_count(run_main, tmp_path):
