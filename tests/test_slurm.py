@@ -22,6 +22,7 @@ from tests.conftest import ROOT, script_env
 from tests.test_reliability import assert_clean_error, assert_same_state, best_state, history_without_times
 
 SWEEP = os.path.join(ROOT, 'slurm', 'sweep.py')
+EPOCHS = 10  # 0.3 s each: time for the test to catch each trainer after its first, on a loaded machine too
 ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY')  # not COMPLETING, which ends
 PROGRAMS = {'munged': 'munge', 'slurmctld': 'slurmctld', 'slurmd': 'slurmd', 'sbatch': 'slurm-client'}
 CONF = """ClusterName=mnist
@@ -148,7 +149,7 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
     its trainer killed with SIGKILL, Slurm's warning before the time limit, and a killed trainer whose saved state
     is damaged. The first three continue by themselves and end as the uninterrupted runs, bit for bit; the fourth
     fails. The evaluation starts once every task has ended and names the run that failed."""
-    args = ['--setting', '2', '--seeds', '3', '--epochs', '5', '--data-dir', str(big_data)]
+    args = ['--setting', '2', '--seeds', '3', '--epochs', str(EPOCHS), '--data-dir', str(big_data)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a task with one core
     try:
@@ -162,18 +163,23 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
     out = tmp_path / 'shared'
     env = script_env(**slurm, CUDA_VISIBLE_DEVICES='')  # the CPU, as the reference
     command = [sys.executable, SWEEP, *args, '--seeds', '4', '--cpus-per-task', '1', '--out-dir', str(out)]
-    submitted = subprocess.run(command, capture_output=True, encoding='utf-8', env=env, cwd=tmp_path, timeout=120)
-    assert submitted.returncode == 0, submitted.stderr
-    array, evaluation = re.search(r'job array (\d+),.*\nevaluation as job (\d+),', submitted.stdout).groups()
+    # The tasks are watched from the moment they are submitted, while the sweep's own process may still be ending
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding='utf-8')
+    sweep = subprocess.Popen(command, env=env, cwd=tmp_path, **pipes)
+
+    def array_task(pid):  # as Slurm names the trainer's task: ARRAY_TASK
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+            variables = dict(v.split(b'=', 1) for v in f.read().split(b'\0') if b'=' in v)
+        return f'{variables[b"SLURM_ARRAY_JOB_ID"].decode()}_{variables[b"SLURM_ARRAY_TASK_ID"].decode()}'
 
     def requeue(pid, task):
-        subprocess.run(['scontrol', 'requeue', f'{array}_{task}'], env=slurm, check=True)  # SIGCONT, SIGTERM
+        subprocess.run(['scontrol', 'requeue', array_task(pid)], env=slurm, check=True)  # SIGCONT, SIGTERM
 
     def kill(pid, task):
         os.kill(pid, signal.SIGKILL)
 
     def time_limit_warning(pid, task):  # what --signal=B:USR1@120 sends 2 to 3 minutes before the time limit
-        subprocess.run(['scancel', '--batch', '--signal=USR1', f'{array}_{task}'], env=slurm, check=True)
+        subprocess.run(['scancel', '--batch', '--signal=USR1', array_task(pid)], env=slurm, check=True)
         wait_for(lambda: term_pending(pid), 'the task script passing the warning on as SIGTERM', 0.005, 60)
         os.kill(pid, signal.SIGCONT)
 
@@ -193,14 +199,17 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
         return len(finished) == 4
 
     wait_for(stop_each_after_an_epoch, 'each trainer finishing an epoch', every=0.005)
-    assert all(1 <= n < 5 for n in finished.values()), finished  # each stopped in the middle of its run
+    submitted, problems = sweep.communicate(timeout=120)
+    assert sweep.returncode == 0, problems
+    array, evaluation = re.search(r'job array (\d+),.*\nevaluation as job (\d+),', submitted).groups()
+    assert all(1 <= n < EPOCHS for n in finished.values()), finished  # each stopped in the middle of its run
     wait_for(lambda: jobs(evaluation, slurm)[0]['JobState'] in ENDED, 'the end of the evaluation')
 
     logs = {t: (out / 'logs' / f'train_{array}_{t}.log').read_text(encoding='utf-8') for t in range(4)}
     tasks = sorted(jobs(array, slurm), key=lambda t: int(t['ArrayTaskId']))
     states = [(t['JobState'], t['ExitCode'], t['Restarts']) for t in tasks]
     assert states == [('COMPLETED', '0:0', '1')] * 3 + [('FAILED', '1:0', '1')], logs
-    assert all(logs[t].count(' starts on ') == 2 and logs[t].count('| epoch') == 5 for t in range(3)), logs
+    assert all(logs[t].count(' starts on ') == 2 and logs[t].count('| epoch') == EPOCHS for t in range(3)), logs
     assert f'error: cannot resume from {out / "setting_2" / "seed_3" / "last.pth"}' in logs[3]
     assert all('requeueing the task' in logs[t] for t in (1, 2))  # the task requeued itself
     (report,) = jobs(evaluation, slurm)
@@ -212,8 +221,8 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
     printed = (out / 'logs' / f'evaluate_{evaluation}.log').read_text(encoding='utf-8')
     assert len(at_home) == 3 and all(line in printed for line in at_home)  # the three seeds as evaluated at home
     report = (out / 'report.md').read_text(encoding='utf-8')  # and the failed one named
-    assert f'- Setting 2 seed 3: trained {finished[3]} of 5 epochs; continue with: ' in report
-    assert f'| Setting #2 | 200 | ReLU | 4 | 200 | {finished[3]}-5 of 5 |' in report
+    assert f'- Setting 2 seed 3: trained {finished[3]} of {EPOCHS} epochs; continue with: ' in report
+    assert f'| Setting #2 | 200 | ReLU | 4 | 200 | {finished[3]}-{EPOCHS} of {EPOCHS} |' in report
 
 
 @pytest.fixture
