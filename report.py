@@ -175,7 +175,8 @@ def points(a, b):
 
 def summary(rows, config):
     """The results summary, the sheet's "[결과 정리]": only the sentences that the runs in `rows` support, every
-    figure taken from them (accuracies as the table writes them; losses of each setting's first seed)."""
+    figure taken from them (accuracies and best epochs as the table writes them; losses of each setting's first
+    seed, whose curves learning_curves.png shows)."""
     acc = {n: accuracy(rows[n]) for n in rows}
     compared = [n for n in rows if n in config.groups['all']] or [n for n in rows if n not in config.groups['wd']]
     compared = compared or [max(rows, key=acc.get)]  # the sweep alone: its best setting, and the sweep's sentence
@@ -235,7 +236,9 @@ def summary(rows, config):
             )
         else:
             flat.append(f'#{n}')
-    stops = ', '.join(f'#{n}: {rows[n][0]["epoch"]} of {len(epochs[n])}' for n in compared)
+    stops = ', '.join(
+        f'#{n}: {mean_std([r["epoch"] for r in rows[n]], "{:.0f}")} of {len(epochs[n])}' for n in compared
+    )
     sentence = f'The best validation epochs fell at {stops}.'
     if rose:
         sentence += (
@@ -258,7 +261,7 @@ def summary(rows, config):
             '`--seeds 3` measures the spread.'
         )
     extra = [n for n in rows if n not in config.groups['all'] + config.groups['wd']]
-    if extra:
+    if extra and extra != compared:  # else the first sentence has named the best of them
         top = max(extra, key=acc.get)
         what = differences(hyper[top], config)
         text.append(f'Of the additional experiments, Setting #{top} ({what}) scored best, {acc[top]:.2f}%.')
