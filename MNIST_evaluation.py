@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import cli
 import digits
 import report
 import runs
@@ -67,14 +68,14 @@ def unfinished(name, label, folder, history, args):
         again += ['--seeds', str(history['seed'] + 1), '--task', str(history['seed'])]
     again += ['--data-dir', str(args.data_dir)] if args.data_dir != Config.data_dir else []
     again += ['--out-dir', str(args.out_dir)] if args.out_dir != Config.out_dir else []
-    return f'{label}: trained {trained} of {planned} epochs; continue with: {runs.command_line([*again, "--resume"])}'
+    return f'{label}: trained {trained} of {planned} epochs; continue with: {cli.command_line([*again, "--resume"])}'
 
 
 def own_digits(args):
     """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
     loaded = [run for run in trained_runs(args.setting or list(Config.settings), args.out_dir, args.device) if run]
     if not loaded:
-        runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
+        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
     _, label, _, model, checkpoint, history = max(loaded, key=lambda run: run[-1]['best_val_accuracy'])
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
@@ -89,7 +90,7 @@ def own_digits(args):
 
 
 def main(argv=None):
-    p = runs.common_parser(
+    p = cli.common_parser(
         Config,
         'Measure each trained setting on the MNIST test split and write report.md, report.csv and their pictures.',
         help='setting(s) to evaluate (default: every trained one); with --image or --draw, the setting(s) to '
@@ -99,7 +100,7 @@ def main(argv=None):
     own.add_argument('--image', nargs='+', metavar='PATH', help='read your own digits: image files or folders')
     own.add_argument('--draw', action='store_true', help='draw digits with the mouse in a window')
     args = p.parse_args(argv)
-    runs.start_process(window=args.draw)
+    cli.start_process(window=args.draw)
     if args.image or args.draw:
         return own_digits(args)
     names = args.setting or list(Config.settings)
@@ -118,11 +119,11 @@ def main(argv=None):
             print(note)
             notes.append(note)
     if not rows:
-        runs.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
+        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
     report.write_report(rows, notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0
 
 
 if __name__ == '__main__':
-    sys.exit(runs.run_script(main))
+    sys.exit(cli.run_script(main))

@@ -13,6 +13,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+import cli
+import pictures
 import runs
 from MNIST_model import Config, build_model, data_load, generate_batch, predict, setting
 from warps import distort
@@ -120,7 +122,7 @@ def train_setting(name, seed, folder, args):
             f'val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
         )
     if history['best_epoch']:
-        runs.plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
+        pictures.plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
         print(
             f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
             f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> '
@@ -130,22 +132,22 @@ def train_setting(name, seed, folder, args):
 
 
 def main(argv=None):
-    runs.start_process()
-    p = runs.common_parser(
+    cli.start_process()
+    p = cli.common_parser(
         Config,
         'Train settings of the MNIST 4-layer perceptron; each setting is a row of Config.settings in MNIST_model.py.',
         required=True,
         help="setting to train: a row of Config.settings (1-4: the assignment's), all (1-4), extra (5-13) or wd "
         '(the weight-decay sweep)',
     )
-    p.add_argument('--epochs', type=runs.count(1), help="epochs to train (default: the setting's, 100)")
-    p.add_argument('--seed', type=runs.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
-    p.add_argument('--seeds', type=runs.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
+    p.add_argument('--epochs', type=cli.count(1), help="epochs to train (default: the setting's, 100)")
+    p.add_argument('--seed', type=cli.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
+    p.add_argument('--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
     again = p.add_mutually_exclusive_group()
     again.add_argument('--resume', action='store_true', help='continue after the last finished epoch (or start)')
     again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
-    p.add_argument('--jobs', type=runs.count(1), default=1, metavar='N', help='train N runs at once, sharing the cores')
-    p.add_argument('--task', type=runs.count(0), metavar='I', help='train only run I (from 0): a job array task')
+    p.add_argument('--jobs', type=cli.count(1), default=1, metavar='N', help='train N runs at once, sharing the cores')
+    p.add_argument('--task', type=cli.count(0), metavar='I', help='train only run I (from 0): a job array task')
     args = p.parse_args(argv)
     seeds = range(args.seeds) if args.seeds else [args.seed]
     trainings = [(n, s, runs.run_dir(args.out_dir, n, s if args.seeds else None)) for n in args.setting for s in seeds]
@@ -159,7 +161,7 @@ def main(argv=None):
     try:
         train_one = functools.partial(train_setting, args=args)
         load_data = functools.partial(training_data, args.data_dir, args.device)
-        ok = runs.run_all(
+        ok = cli.run_all(
             train_one, trainings, args.jobs, args.device, load_data, functools.partial(data_load, args.data_dir)
         )
         return 0 if ok else 1
@@ -170,5 +172,5 @@ def main(argv=None):
 
 if __name__ == '__main__':
     again = [a for a in sys.argv[1:] if a != '--force'] + ([] if '--resume' in sys.argv else ['--resume'])
-    resume = runs.command_line(['python', 'MNIST_train.py', *again])
-    sys.exit(runs.run_script(main, f'Interrupted; finished epochs are saved. Continue with: {resume}'))
+    resume = cli.command_line(['python', 'MNIST_train.py', *again])
+    sys.exit(cli.run_script(main, f'Interrupted; finished epochs are saved. Continue with: {resume}'))

@@ -12,6 +12,8 @@ from matplotlib.widgets import Button
 from PIL import Image, ImageDraw, ImageOps
 from torchvision.transforms.functional import pil_to_tensor
 
+import cli
+import pictures
 import runs
 
 IMAGE_TYPES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')  # PNG, JPEG, BMP, GIF and WebP
@@ -127,7 +129,7 @@ def read_images(paths, read, out_dir):
         if k < shown:
             show_reading(axes[k], image, x, p, os.path.basename(file))
         rows.append([file, first, *(f'{q:.4f}' for q in p.tolist())])
-    runs.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
+    pictures.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
     runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
     more = f' (the first {shown})' if shown < len(readings) else ''
     print(f'Picture{more}: {os.path.join(out_dir, "own_digits.png")}; every image in own_digits.csv beside it')
@@ -187,5 +189,5 @@ def open_window(read, title):
     """The drawing window, until it is closed; one sentence where no window can open."""
     fig, button = draw(read, title)  # the button answers clicks only while it is kept
     if fig.canvas.required_interactive_framework is None:  # matplotlib found no display or no GUI toolkit
-        runs.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
+        cli.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
     plt.show()

@@ -6,8 +6,8 @@ import os
 import statistics
 
 import matplotlib.pyplot as plt
-import torch
 
+import pictures
 import runs
 
 # How the report writes activations; the others, and initialisations, are capitalized
@@ -56,34 +56,6 @@ def markdown_table(rows, corner=''):
     return '\n'.join('| ' + ' | '.join(map(str, line)) + ' |' for line in lines)
 
 
-def plot_mistakes(result, x, y, title, out_dir):
-    """A run's confusion matrix of the test split (a picture and its counts in CSV) and its most confident
-    mistakes: the test images with their true and their predicted digit, and the probability of each."""
-    probabilities = result['logits'].double().softmax(1)  # float32 rounds the most confident mistakes to 1
-    confidence, predicted = probabilities.max(1)
-    counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10)
-    rows = [['true \\ predicted', *range(10)]] + [[i, *row] for i, row in enumerate(counts.tolist())]
-    runs.save_csv(os.path.join(out_dir, 'confusion_matrix.csv'), rows)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    ax.imshow(counts.log1p(), cmap='Blues')  # log shading, so that a few mistakes show beside a thousand hits
-    for i, row in enumerate(counts.tolist()):
-        for j, n in enumerate(row):
-            ax.text(j, i, n, ha='center', va='center', fontsize=8, color='white' if i == j else 'black')
-    ax.set(xticks=range(10), yticks=range(10), xlabel='predicted digit', ylabel='true digit')
-    ax.set_title(f'{title}: confusion matrix of the test split')
-    runs.save_figure(fig, os.path.join(out_dir, 'confusion_matrix.png'))
-    wrong = (predicted != y).nonzero()[:, 0]
-    worst = wrong[confidence[wrong].argsort(descending=True)[:16]].tolist()
-    fig = plt.figure(figsize=(12, 4.2), layout='constrained')
-    for k, i in enumerate(worst):
-        ax = fig.add_subplot(2, 8, k + 1, xticks=[], yticks=[])
-        ax.imshow(x[i].view(28, 28), cmap='gray_r')
-        true = f'true {y[i]} ({100 * probabilities[i, y[i]]:.2g}%)'
-        ax.set_title(f'{true}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
-    fig.suptitle(f'{title}: the most confident mistakes on the test split')
-    runs.save_figure(fig, os.path.join(out_dir, 'mistakes.png'))
-
-
 def weight_decay_sweep(rows, out_dir, config):
     """The sweep's plot and report section: test accuracy per optimizer and lambda, mean ± std over seeds."""
     acc = {}  # optimizer -> {lambda: [test accuracy % of each seed]}
@@ -100,7 +72,7 @@ def weight_decay_sweep(rows, out_dir, config):
     ax.set(title='Weight decay sweep (mean ± std over seeds)', xlabel='weight decay λ', ylabel='test accuracy (%)')
     ax.grid(alpha=0.3)
     ax.legend()
-    runs.save_figure(fig, os.path.join(out_dir, 'weight_decay.png'))
+    pictures.save_figure(fig, os.path.join(out_dir, 'weight_decay.png'))
     table = {
         f'{lam:g}': {opt: mean_std(p[lam], '{:.2f}%') if lam in p else '' for opt, p in acc.items()}
         for lam in sorted({lam for points in acc.values() for lam in points})
@@ -144,25 +116,9 @@ def write_report(rows, notes, x, y, out_dir, config):
         os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
     )
     panels = {f'Setting #{n}': r[0]['history'] for n, r in rows.items() if n in config.groups['all'] or not assignment}
-    runs.plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
-    plot_learning_curves(panels, os.path.join(out_dir, 'learning_curves.png'))
-    plot_mistakes(rows[best][0], x, y, title, out_dir)
-
-
-def plot_learning_curves(histories, path):
-    """Training and validation loss per epoch, one panel per run {title: history}, the best epoch marked: where
-    the validation loss turns up while the training loss falls, the network overfits."""
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.6), squeeze=False, sharey=True)
-    for ax, (title, history) in zip(axes[0], histories.items()):
-        epochs = range(1, len(history['epochs']) + 1)
-        for key, label in (('train_loss', 'training loss'), ('val_loss', 'validation loss')):
-            ax.plot(epochs, [e[key] for e in history['epochs']], label=label)
-        ax.axvline(history['best_epoch'], color='tab:red', linestyle=':', label=f'best epoch {history["best_epoch"]}')
-        ax.set(title=title, xlabel='epoch', ylabel='loss (log scale)', yscale='log')
-        ax.grid(alpha=0.3)
-        ax.legend(loc='lower left')
-    fig.tight_layout()
-    runs.save_figure(fig, path)
+    pictures.plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
+    pictures.plot_learning_curves(panels, os.path.join(out_dir, 'learning_curves.png'))
+    pictures.plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
 def accuracy(results):

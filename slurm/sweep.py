@@ -14,15 +14,15 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project, from anywhere
-import runs
+import cli
 from MNIST_model import Config, data_load
 
-ROOT = os.path.dirname(os.path.abspath(runs.__file__))
+ROOT = os.path.dirname(os.path.abspath(cli.__file__))
 
 
 def setting(text):
     """argparse type: a setting or group, checked as MNIST_train.py checks it and handed to it as written."""
-    runs.setting_names(Config)(text)
+    cli.setting_names(Config)(text)
     return text
 
 
@@ -30,7 +30,7 @@ def sbatch(what, *options):
     """Submit a job; returns its id, or stops with one sentence if Slurm refuses it."""
     done = subprocess.run(['sbatch', '--parsable', *options], capture_output=True, encoding='utf-8')
     if done.returncode:
-        runs.fail(f'sbatch refused {what}: {(done.stderr.strip().splitlines() or ["no reason given"])[-1]}')
+        cli.fail(f'sbatch refused {what}: {(done.stderr.strip().splitlines() or ["no reason given"])[-1]}')
     return done.stdout.strip().split(';')[0]  # the id, without the cluster's name where there are several
 
 
@@ -40,15 +40,15 @@ def main(argv=None):
         'Partition, account and other sbatch options come from SBATCH_PARTITION, SBATCH_ACCOUNT and the like.'
     )
     p.add_argument('--setting', type=setting, required=True, help='as MNIST_train.py takes it: 1-13, all, extra, wd...')
-    p.add_argument('--seeds', type=runs.count(1), metavar='K', help='train seeds 0..K-1 of each setting')
-    p.add_argument('--epochs', type=runs.count(1), help="epochs to train (default: the setting's)")
+    p.add_argument('--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1 of each setting')
+    p.add_argument('--epochs', type=cli.count(1), help="epochs to train (default: the setting's)")
     p.add_argument('--data-dir', default=Config.data_dir, help=f'folder holding MNIST/raw/ (default {Config.data_dir})')
     p.add_argument('--out-dir', default=Config.out_dir, help=f'shared folder for results (default {Config.out_dir})')
-    p.add_argument('--cpus-per-task', type=runs.count(1), default=2, metavar='N', help='cores of each task (default 2)')
+    p.add_argument('--cpus-per-task', type=cli.count(1), default=2, metavar='N', help='cores of each task (default 2)')
     p.add_argument('--time', help="each job's time limit, as sbatch reads it, e.g. 1:00:00 (default: the partition's)")
     args = p.parse_args(argv)
     if not shutil.which('sbatch'):
-        runs.fail(
+        cli.fail(
             'sbatch is not on the PATH: slurm/sweep.py submits to a Slurm cluster; on one machine, train the runs '
             'side by side with python MNIST_train.py --jobs N'
         )
@@ -58,9 +58,9 @@ def main(argv=None):
         os.makedirs(logs, exist_ok=True)
         tempfile.TemporaryFile(dir=logs).close()
     except OSError as e:
-        runs.fail(f'cannot write the output folder {out}: {e.strerror}')
+        cli.fail(f'cannot write the output folder {out}: {e.strerror}')
     data_load(data)  # downloaded here, once, rather than by every task at the same time
-    n = len(runs.setting_names(Config)(args.setting)) * (args.seeds or 1)
+    n = len(cli.setting_names(Config)(args.setting)) * (args.seeds or 1)
     folders = ['--data-dir', data, '--out-dir', out]
     train = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', args.setting, *folders]
     train += [f'--seeds={args.seeds}'] if args.seeds else []
@@ -80,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(runs.run_script(main))
+    sys.exit(cli.run_script(main))

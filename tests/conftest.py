@@ -71,13 +71,13 @@ def cli(tmp_path, data_dir):
 
 @pytest.fixture
 def run_main(tmp_path, data_dir, capsys, monkeypatch):
-    """Run one of the scripts in this process, as its command line does (runs.run_script around main, the exit
+    """Run one of the scripts in this process, as its command line does (cli.run_script around main, the exit
     status, standard output and error), without the seconds of start-up and torch import that a new Python costs.
     For the tests where no signal, pipe or process boundary is what they test."""
 
+    import cli
     import MNIST_evaluation  # here, not at the top: pytest's controlling process needs none of them
     import MNIST_train
-    import runs
     from slurm import sweep
 
     def run(script, *args, data=data_dir, out=tmp_path / 'out'):
@@ -87,7 +87,7 @@ def run_main(tmp_path, data_dir, capsys, monkeypatch):
         monkeypatch.chdir(tmp_path)  # where cli runs the scripts
         capsys.readouterr()
         try:
-            code = runs.run_script(lambda: main(argv))
+            code = cli.run_script(lambda: main(argv))
         except SystemExit as e:
             code = e.code
             if isinstance(code, str):  # as Python ends a process: the message to standard error, status 1
@@ -127,8 +127,7 @@ def harness(tmp_path, data_dir):
 
     def run(script, setup, *args, data=data_dir, out=tmp_path / 'out', **kwargs):
         code = (
-            f'import sys\n{setup}\nimport {script}, runs\n'
-            f'sys.exit(runs.run_script(lambda: {script}.main(sys.argv[1:])))'
+            f'import sys\n{setup}\nimport {script}, cli\nsys.exit(cli.run_script(lambda: {script}.main(sys.argv[1:])))'
         )
         cmd = [sys.executable, '-c', code, *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
         env = script_env(PYTHONPATH=ROOT)

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
+from cli import command_line, parse_device
 from MNIST_model import Config, setting
-from runs import command_line, parse_device
 from tests.conftest import ROOT, script_env
 from tests.test_reliability import history_without_times
 

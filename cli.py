@@ -1,0 +1,171 @@
+"""The command line of the scripts and their processes: the arguments they share, one-sentence errors and clean
+exits on Ctrl-C, SIGTERM or a failed write, and the worker processes of --jobs."""
+
+import argparse
+import errno
+import multiprocessing
+import multiprocessing.connection
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+
+import matplotlib
+import torch
+
+
+def common_parser(config, description, **setting):
+    """A parser with the arguments of both scripts: --setting (a row of config.settings or a group), --device,
+    --data-dir and --out-dir. `setting` holds add_argument's keywords for --setting."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--setting', type=setting_names(config), **setting)
+    p.add_argument(
+        '--device',
+        type=parse_device,
+        default='auto',
+        help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, mps or xpu',
+    )
+    p.add_argument('--data-dir', default=config.data_dir, help=f'folder holding MNIST/raw/ (default {config.data_dir})')
+    p.add_argument('--out-dir', default=config.out_dir, help=f'folder for results (default {config.out_dir})')
+    return p
+
+
+def setting_names(config):
+    """argparse type: a row of config.settings or a group of them, as the list of their names."""
+
+    def parse(text):
+        names = {str(name): [name] for name in config.settings} | config.groups
+        if text not in names:
+            raise argparse.ArgumentTypeError(f'unknown setting {text!r}; choose from {", ".join(names)}')
+        return names[text]
+
+    return parse
+
+
+def parse_device(text):
+    """argparse type: 'auto' (the accelerator: CUDA, MPS, XPU..., when there is one, else the CPU) or a device."""
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    try:
+        device = accelerator or torch.device('cpu') if text == 'auto' else torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f'unknown device {text!r}; use auto, cpu, cuda, mps, xpu or cuda:N') from None
+    if device.type != 'cpu' and (
+        device.type != getattr(accelerator, 'type', None) or (device.index or 0) >= torch.accelerator.device_count()
+    ):
+        raise argparse.ArgumentTypeError(f'{text}: no such device here; use --device cpu')
+    return device
+
+
+def count(minimum):
+    """argparse type: a whole number of at least `minimum`."""
+
+    def parse(text):
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
+        return int(text)
+
+    return parse
+
+
+def command_line(args):
+    """A command as this platform's shell reads it, quoted where an argument holds a space or [ ]."""
+    return subprocess.list2cmdline(args) if sys.platform == 'win32' else shlex.join(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a scheduler's time limit): a request to stop, raised where the program is, as
+    Ctrl-C raises KeyboardInterrupt."""
+
+
+def terminated(signum, frame):
+    raise Terminated
+
+
+def start_process(window=False):
+    """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
+    to files unless a window is asked for; denormal floats, which weight decay breeds in blank pixels' weights and
+    which slow CPUs, are zero; SIGTERM stops the script as Ctrl-C does."""
+    if not window:
+        matplotlib.use('Agg')
+    torch.set_flush_denormal(True)
+    signal.signal(signal.SIGTERM, terminated)
+
+
+def fail(message):
+    """Stop with one plain sentence and exit status 1, no traceback."""
+    raise SystemExit(f'error: {message}')
+
+
+def run_script(main, interrupted='Interrupted.'):
+    """Run a script's main(): quiet when the reader of its output goes away (| head); on Ctrl-C or SIGTERM the
+    sentence `interrupted` and the status 128 + the signal's number; one sentence for a failed write."""
+    try:
+        code = main()
+        sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
+        return code
+    except KeyboardInterrupt as e:
+        print(f'\n{interrupted}', file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
+        if e.filename is None and e.errno in (errno.EPIPE, errno.EINVAL):  # Windows says EINVAL for a closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+            return 1
+        full = e.errno in (errno.ENOSPC, errno.EFBIG)
+        reason = 'the disk is full; free some space, then run again (training with --resume continues)'
+        fail(f'cannot write {e.filename}: {reason if full else e.strerror}')
+
+
+def start_method(device):
+    """How --jobs starts its workers: forked on Linux CPUs (no second import of torch), else spawned as fresh
+    processes (Windows and macOS, and CUDA, which survives no fork). MNIST_START_METHOD chooses, for the tests."""
+    forks = device.type == 'cpu' and sys.platform == 'linux'
+    return os.environ.get('MNIST_START_METHOD', 'fork' if forks else 'spawn')
+
+
+def run_all(train, runs, jobs, device, load_data, check_data):
+    """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went
+    well. Stopping this process (Ctrl-C, SIGTERM) stops every worker. A fault with the data shows here, once:
+    load_data() loads it for forked workers to share; spawned workers share nothing, so check_data() reads it
+    only to check it."""
+    jobs = min(jobs, len(runs))
+    if jobs == 1:
+        return all([train(*run) for run in runs])
+    threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
+    torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
+    method = start_method(device)
+    if method == 'fork':
+        load_data()
+    else:
+        check_data()
+    context = multiprocessing.get_context(method)
+    workers = [context.Process(target=work, args=(train, runs[i::jobs], threads)) for i in range(jobs)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:  # unlike join(), a wait that Ctrl-C interrupts on Windows too
+            multiprocessing.connection.wait([worker.sentinel])
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.join()
+    return all(worker.exitcode == 0 for worker in workers)
+
+
+def work(train, runs, threads):
+    """A worker process: its share of the runs, one after another, on its share of the cores."""
+    start_process()
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle: it stops every worker
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by the command: every finished epoch is saved
+    threading.Thread(target=exit_with_command, daemon=True).start()
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
+    sys.exit(run_script(lambda: 0 if all([train(*run) for run in runs]) else 1))
+
+
+def exit_with_command():
+    """End this worker as soon as its command has ended without stopping it (SIGKILL, a crash): no worker trains
+    on without its command, holding the folder's lock."""
+    multiprocessing.parent_process().join()
+    os._exit(1)
