@@ -105,7 +105,10 @@ def main(argv=None):
         return own_digits(args)
     names = args.setting or list(Config.settings)
     asked = names if args.setting else Config.groups['all']  # untrained ones that are worth a hint
-    x, y = data_load(args.data_dir, train=False)  # on the CPU, where predict() returns the logits
+    try:
+        x, y = data_load(args.data_dir, train=False)  # on the CPU, where predict() returns the logits
+    except ValueError as err:
+        cli.fail(err)
     rows, notes, skipped = {}, [], 0
     for run in trained_runs(names, args.out_dir, args.device, hint=asked):
         if run is None:

@@ -7,27 +7,31 @@ import torch
 from torch import nn
 from torchvision import datasets
 
-from runs import fail
 from warps import deskew
 
 RAW_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 
 
 def data_load(data_dir, train=True):
-    """One official split, read by torchvision: images as floats [N, 784] in [0, 1], labels as int64 [N]."""
+    """One official split, read by torchvision: images as floats [N, 784] in [0, 1], labels as int64 [N]. ValueError
+    says what is wrong with the data."""
     raw = os.path.join(data_dir, 'MNIST', 'raw')
     if os.path.isfile(data_dir):
-        fail(f'the data folder {data_dir} is a file, not a folder')
+        raise ValueError(f'the data folder {data_dir} is a file, not a folder')
     try:
         mnist = datasets.MNIST(data_dir, train=train, download=True)  # downloads only the files that are missing
         x, y = mnist.data, mnist.targets
     except Exception:  # no download, or a file whose header or size torchvision's reader refuses
         if not all(os.path.isfile(os.path.join(raw, f)) for f in RAW_FILES):
-            fail(f'MNIST is not in {raw} and could not be downloaded; put the four files {", ".join(RAW_FILES)} there')
+            raise ValueError(
+                f'MNIST is not in {raw} and could not be downloaded; put the four files {", ".join(RAW_FILES)} there'
+            ) from None
         x = y = torch.zeros(0)
     if x.shape[1:] != (28, 28) or len(x) != len(y) or not len(y) or y.max() > 9:
         files = ' and '.join(RAW_FILES[:2] if train else RAW_FILES[2:])
-        fail(f'{files} in {raw} are not matching MNIST images and labels; replace them with the original files')
+        raise ValueError(
+            f'{files} in {raw} are not matching MNIST images and labels; replace them with the original files'
+        )
     return x.flatten(1).float().div_(255), y.long()
 
 
@@ -83,12 +87,10 @@ class MNIST_model(nn.Module):
         """The images [B, 784] as the network sees them: deskewed if the model deskews."""
         return torch.cat([deskew(part) for part in x.split(10_000)]) if self.options['deskew'] else x
 
-    def classify(self, x):
-        """Logits of straightened images [B, 784]."""
+    def forward(self, x, straightened=False):
+        """Logits of images [B, 784] or [B, 1, 28, 28] in [0, 1]; images already straightened skip the deskewing."""
+        x = x.flatten(1) if straightened else self.straighten(x.flatten(1))
         return self.net(torch.addcmul(self.input_shift, x, self.input_scale))
-
-    def forward(self, x):  # x: [B, 784] or [B, 1, 28, 28] in [0, 1]
-        return self.classify(self.straighten(x.flatten(1)))
 
 
 # maxout: the larger of each pair of neighbouring features (max-pooling a [B, F] tensor pools along F)
@@ -165,6 +167,5 @@ def predict(model, x, straightened=False, batch_size=10_000):
     """Logits for every image, in eval mode: the images go to the model's device and the logits come back to the CPU,
     wherever the model is. Straightened images skip the model's deskewing."""
     model.eval()
-    net = model.classify if straightened else model
     device = next(model.parameters()).device
-    return torch.cat([net(part.to(device)).cpu() for part in x.split(batch_size)])
+    return torch.cat([model(part.to(device), straightened).cpu() for part in x.split(batch_size)])

@@ -29,7 +29,7 @@ def train(model, optimizer, scheduler, x, y, hyper):
     for xb, yb in generate_batch(x, y, hyper['batch_size']):
         if hyper['distort'] or hyper['elastic']:
             xb = distort(xb, hyper)
-        loss = F.cross_entropy(model.classify(xb), yb, label_smoothing=hyper['label_smoothing'])
+        loss = F.cross_entropy(model(xb, straightened=True), yb, label_smoothing=hyper['label_smoothing'])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,7 +78,10 @@ def split_indices(n):
 @functools.cache
 def training_data(data_dir, device):
     """The training and validation splits as tensors on the device, read once per process."""
-    x, y = data_load(data_dir, train=True)  # the test split is read by evaluation only
+    try:
+        x, y = data_load(data_dir, train=True)  # the test split is read by evaluation only
+    except ValueError as e:
+        cli.fail(e)
     return [(x[i].to(device), y[i].to(device)) for i in split_indices(len(x))]
 
 
@@ -94,7 +97,10 @@ def train_setting(name, seed, folder, args):
     history = dict(setting=str(name), hyperparameters=hyper, seed=seed, device=str(args.device), epochs=[])
     history.update(threads=torch.get_num_threads(), best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
     if args.resume:
-        history = runs.load_state(folder, model, optimizer, scheduler, history)
+        try:
+            history = runs.load_state(folder, model, optimizer, scheduler, history)
+        except ValueError as e:
+            cli.fail(e)
     label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):
         start = time.perf_counter()
@@ -155,15 +161,19 @@ def main(argv=None):
         if args.task >= len(trainings):
             p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
         trainings = trainings[args.task : args.task + 1]
-    for name in dict.fromkeys(n for n, _, _ in trainings) if args.force else []:  # no run of an earlier command stays
-        runs.start_over(runs.run_dir(args.out_dir, name))
-    locks = [runs.open_run(folder, args.resume) for _, _, folder in trainings]
+    try:
+        for name in (
+            dict.fromkeys(n for n, _, _ in trainings) if args.force else []
+        ):  # no run of an earlier command stays
+            runs.start_over(runs.run_dir(args.out_dir, name))
+        locks = [runs.open_run(folder, args.resume) for _, _, folder in trainings]
+    except ValueError as e:
+        cli.fail(e)
     try:
         train_one = functools.partial(train_setting, args=args)
         load_data = functools.partial(training_data, args.data_dir, args.device)
-        ok = cli.run_all(
-            train_one, trainings, args.jobs, args.device, load_data, functools.partial(data_load, args.data_dir)
-        )
+        check_data = functools.partial(training_data, args.data_dir, torch.device('cpu'))
+        ok = cli.run_all(train_one, trainings, args.jobs, args.device, load_data, check_data)
         return 0 if ok else 1
     finally:
         for lock in locks:

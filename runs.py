@@ -13,8 +13,6 @@ import time
 
 import torch
 
-from cli import fail
-
 try:
     import fcntl
 except ImportError:  # Windows
@@ -118,19 +116,19 @@ def save_history(folder, history):
 
 def lock(folder):
     """Lock a run's folder, making it if need be: one run writes it at a time. Returns the lock, which the operating
-    system releases when it is closed or when this process ends, however it ends."""
+    system releases when it is closed or when this process ends, however it ends; ValueError where it cannot."""
     try:
         os.makedirs(folder, exist_ok=True)
         lock = open(os.path.join(folder, '.lock'), 'wb')
     except OSError as e:
-        fail(f'cannot create the output folder {folder}: {e.strerror}')
+        raise ValueError(f'cannot create the output folder {folder}: {e.strerror}') from None
     try:
         if fcntl:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:
             msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
     except (BlockingIOError, PermissionError):  # held: EWOULDBLOCK from flock, EACCES from msvcrt
-        fail(f'another run is writing {folder}; wait until it ends or stop it')
+        raise ValueError(f'another run is writing {folder}; wait until it ends or stop it') from None
     except OSError as e:  # a file system without locks (some network folders): EOPNOTSUPP, ENOLCK
         print(f'warning: {folder} cannot be locked ({e.strerror}); start no second run on it', file=sys.stderr)
     return lock
@@ -143,9 +141,11 @@ def open_run(folder, resume):
     for tmp in files(folder, '*.tmp'):  # left by a run that was killed while writing
         os.remove(tmp)
     if any(results(seed) for seed in named(folder, 'seed_N')):
-        fail(f'{folder} holds runs of several seeds (--seeds); continue them with --seeds K, or pass --force')
+        raise ValueError(
+            f'{folder} holds runs of several seeds (--seeds); continue them with --seeds K, or pass --force'
+        )
     if results(folder) and not resume:
-        fail(f'{folder} already holds results; pass --resume to continue them or --force to start over')
+        raise ValueError(f'{folder} already holds results; pass --resume to continue them or --force to start over')
     return held
 
 
@@ -212,9 +212,9 @@ def load_state(folder, model, optimizer, scheduler, history):
         elif state.get('device_rng_state') is not None:
             torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
     except (ValueError, KeyError, RuntimeError) as e:
-        fail(f'cannot resume from {path} ({e}); pass --force to start over')
+        raise ValueError(f'cannot resume from {path} ({e}); pass --force to start over') from None
     if not same:
-        fail(
+        raise ValueError(
             f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
             'other epochs too); pass --force to start over'
         )

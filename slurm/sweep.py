@@ -59,7 +59,10 @@ def main(argv=None):
         tempfile.TemporaryFile(dir=logs).close()
     except OSError as e:
         cli.fail(f'cannot write the output folder {out}: {e.strerror}')
-    data_load(data)  # downloaded here, once, rather than by every task at the same time
+    try:
+        data_load(data)  # downloaded here, once, rather than by every task at the same time
+    except ValueError as e:
+        cli.fail(e)
     n = len(cli.setting_names(Config)(args.setting)) * (args.seeds or 1)
     folders = ['--data-dir', data, '--out-dir', out]
     train = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), '--setting', args.setting, *folders]

@@ -143,3 +143,15 @@ def test_importing_the_model_changes_nothing_process_wide():
         [sys.executable, '-c', code], capture_output=True, encoding='utf-8', cwd=ROOT, check=True
     ).stdout
     assert out.split() == ['svg', 'True']  # the backend the user chose, and denormals not flushed
+
+
+def test_the_model_file_stands_alone():
+    """MNIST_model.py needs torch, torchvision and the warps of its deskewing: no plotting, processes or run files."""
+    code = (
+        'import sys, torch, torchvision; before = set(sys.modules); import MNIST_model; '
+        'print(*sorted(m.split(".")[0] for m in set(sys.modules) - before))'
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, encoding='utf-8', cwd=ROOT, check=True
+    ).stdout
+    assert set(out.split()) == {'MNIST_model', 'warps'}
