@@ -54,7 +54,7 @@ def plot_mistakes(result, x, y, title, out_dir):
     rows = [['true \\ predicted', *range(10)]] + [[i, *row] for i, row in enumerate(counts.tolist())]
     save_csv(os.path.join(out_dir, 'confusion_matrix.csv'), rows)
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    ax.imshow(counts.log1p(), cmap='Blues')  # log shading, so that a few mistakes show beside a thousand hits
+    ax.imshow(counts.log1p().numpy(), cmap='Blues')  # log shading, so that a few mistakes show beside a thousand hits
     for i, row in enumerate(counts.tolist()):
         for j, n in enumerate(row):
             ax.text(j, i, n, ha='center', va='center', fontsize=8, color='white' if i == j else 'black')
@@ -66,7 +66,7 @@ def plot_mistakes(result, x, y, title, out_dir):
     fig = plt.figure(figsize=(12, 4.2), layout='constrained')
     for k, i in enumerate(worst):
         ax = fig.add_subplot(2, 8, k + 1, xticks=[], yticks=[])
-        ax.imshow(x[i].view(28, 28), cmap='gray_r')
+        ax.imshow(x[i].view(28, 28).numpy(), cmap='gray_r')
         true = f'true {y[i]} ({100 * probabilities[i, y[i]]:.2g}%)'
         ax.set_title(f'{true}\npredicted {predicted[i]} ({100 * confidence[i]:.1f}%)', fontsize=9)
     fig.suptitle(f'{title}: the most confident mistakes on the test split')
