@@ -10,6 +10,7 @@ import pickle
 import re
 import sys
 import time
+import warnings
 
 import torch
 
@@ -164,7 +165,9 @@ def load_checkpoint(path, model=None):
     """Read a checkpoint safely (tensors and plain values only) onto the CPU and load its weights into `model`, if
     given, wherever the model is; ValueError says what is wrong."""
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a foreign pickle, which is refused below anyway
+            warnings.filterwarnings('ignore', 'Detected pickle protocol', UserWarning)
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise ValueError(f'{path} is missing') from None
     except pickle.UnpicklingError:
