@@ -1,5 +1,4 @@
-"""The command line of the scripts and their processes: the arguments they share, one-sentence errors and clean
-exits on Ctrl-C, SIGTERM or a failed write, and the worker processes of --jobs."""
+"""The scripts as commands: the arguments they share, how they end, and the worker processes of --jobs."""
 
 import argparse
 import errno

@@ -1,5 +1,4 @@
-"""The pictures of a run and of the report: validation accuracy, learning curves, the confusion matrix and the
-most confident mistakes, each written atomically."""
+"""The plots of a run and of its evaluation, each written whole."""
 
 import os
 

@@ -1,5 +1,4 @@
-"""A run on disk: its folder, files written atomically, the folder lock, its checkpoints and the state that
---resume continues from."""
+"""A run on disk: what a training writes into its folder, each file whole, and reads back to resume."""
 
 import csv
 import glob
