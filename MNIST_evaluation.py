@@ -85,7 +85,10 @@ def own_digits(args):
 
     if args.image:
         return 1 if digits.read_images(args.image, read, args.out_dir) else 0
-    digits.open_window(read, f'{label}: draw a digit with the mouse')
+    try:
+        digits.open_window(read, f'{label}: draw a digit with the mouse')
+    except ValueError as err:
+        cli.fail(err)
     return 0
 
 

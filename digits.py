@@ -12,7 +12,6 @@ from matplotlib.widgets import Button
 from PIL import Image, ImageDraw, ImageOps
 from torchvision.transforms.functional import pil_to_tensor
 
-import cli
 import pictures
 import runs
 
@@ -186,8 +185,10 @@ def draw(read, title):
 
 
 def open_window(read, title):
-    """The drawing window, until it is closed; one sentence where no window can open."""
+    """The drawing window, until it is closed; ValueError where no window can open."""
     fig, button = draw(read, title)  # the button answers clicks only while it is kept
     if fig.canvas.required_interactive_framework is None:  # matplotlib found no display or no GUI toolkit
-        cli.fail('no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo')
+        raise ValueError(
+            'no window can open here (no display, or no GUI toolkit for matplotlib); use --image with a photo'
+        )
     plt.show()
