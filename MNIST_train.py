@@ -4,6 +4,7 @@ python MNIST_train.py --setting 2        # one row of Config.settings (MNIST_mod
 python MNIST_train.py --setting all      # the assignment's four settings
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -161,23 +162,19 @@ def main(argv=None):
         if args.task >= len(trainings):
             p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
         trainings = trainings[args.task : args.task + 1]
-    try:
-        for name in (
-            dict.fromkeys(n for n, _, _ in trainings) if args.force else []
-        ):  # no run of an earlier command stays
-            runs.start_over(runs.run_dir(args.out_dir, name))
-        locks = [runs.open_run(folder, args.resume) for _, _, folder in trainings]
-    except ValueError as e:
-        cli.fail(e)
-    try:
+    restarted = dict.fromkeys(n for n, _, _ in trainings) if args.force else []  # no run of an earlier command stays
+    with contextlib.ExitStack() as locks:  # each folder's lock, released however this ends
+        try:
+            for name in restarted:
+                runs.start_over(runs.run_dir(args.out_dir, name))
+            for _, _, folder in trainings:
+                locks.enter_context(runs.open_run(folder, args.resume))
+        except ValueError as e:
+            cli.fail(e)
         train_one = functools.partial(train_setting, args=args)
         load_data = functools.partial(training_data, args.data_dir, args.device)
         check_data = functools.partial(training_data, args.data_dir, torch.device('cpu'))
-        ok = cli.run_all(train_one, trainings, args.jobs, args.device, load_data, check_data)
-        return 0 if ok else 1
-    finally:
-        for lock in locks:
-            lock.close()
+        return 0 if cli.run_all(train_one, trainings, args.jobs, args.device, load_data, check_data) else 1
 
 
 if __name__ == '__main__':

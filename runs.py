@@ -1,5 +1,6 @@
 """A run on disk: what a training writes into its folder, each file whole, and reads back to resume."""
 
+import contextlib
 import csv
 import glob
 import io
@@ -128,6 +129,7 @@ def lock(folder):
         else:
             msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
     except (BlockingIOError, PermissionError):  # held: EWOULDBLOCK from flock, EACCES from msvcrt
+        lock.close()
         raise ValueError(f'another run is writing {folder}; wait until it ends or stop it') from None
     except OSError as e:  # a file system without locks (some network folders): EOPNOTSUPP, ENOLCK
         print(f'warning: {folder} cannot be locked ({e.strerror}); start no second run on it', file=sys.stderr)
@@ -141,23 +143,24 @@ def open_run(folder, resume):
     for tmp in files(folder, '*.tmp'):  # left by a run that was killed while writing
         os.remove(tmp)
     if any(results(seed) for seed in named(folder, 'seed_N')):
-        raise ValueError(
-            f'{folder} holds runs of several seeds (--seeds); continue them with --seeds K, or pass --force'
-        )
-    if results(folder) and not resume:
-        raise ValueError(f'{folder} already holds results; pass --resume to continue them or --force to start over')
-    return held
+        problem = f'{folder} holds runs of several seeds (--seeds); continue them with --seeds K, or pass --force'
+    elif results(folder) and not resume:
+        problem = f'{folder} already holds results; pass --resume to continue them or --force to start over'
+    else:
+        return held
+    held.close()
+    raise ValueError(problem)
 
 
 def start_over(folder):
     """--force: delete the results of a setting's every run, in its own folder and its seeds' folders, so that
     only the runs of this command remain. While another process writes one of them, one sentence and nothing else."""
     folders = [folder, *named(folder, 'seed_N')] if os.path.isdir(folder) else []
-    locks = [lock(run) for run in folders]  # every one before anything is deleted
-    for path in (path for run in folders for path in results(run)):
-        os.remove(path)
-    for held in locks:
-        held.close()
+    with contextlib.ExitStack() as locks:
+        for run in folders:  # every one locked before anything is deleted
+            locks.enter_context(lock(run))
+        for path in (path for run in folders for path in results(run)):
+            os.remove(path)
 
 
 def load_checkpoint(path, model=None):
