@@ -124,6 +124,12 @@ class Config:
     # up to 11 degrees, 10% scale and shear, 2 pixels shift); elastic: pixels of random smooth displacement;
     # schedule 'onecycle': lr up, then down; deskew: the model straightens and centres every image it is given.
     base |= dict(dropout=0.0, distort=0.0, elastic=0.0, label_smoothing=0.0, schedule=None, deskew=False)
+    # Weight-decay sweep: L2 decay in Adam and Adadelta, decoupled decay in AdamW, at Setting 1/2's rates
+    sweep = {
+        f'{opt}-{wd:g}': dict(optimizer=opt, lr=lr, weight_decay=wd)
+        for opt, lr in (('Adam', lr_adam), ('Adadelta', lr_adadelta), ('AdamW', lr_adam))
+        for wd in (0, 1e-5, 1e-4, 1e-3, 1e-2)
+    }
     settings = {
         1: dict(optimizer='Adadelta', lr=lr_adadelta),
         2: dict(optimizer='Adam', lr=lr_adam),
@@ -142,15 +148,10 @@ class Config:
         # The assignment's network trained for the best test accuracy it can reach: how it learns | what it sees
         'best': dict(batch_size=400, epochs=300, optimizer='AdamW', lr=3e-3, weight_decay=0.05, schedule='onecycle')
         | dict(distort=1.0, elastic=1.0, label_smoothing=0.1, deskew=True),
-        # Weight-decay sweep: L2 decay in Adam and Adadelta, decoupled decay in AdamW, at Setting 1/2's rates
-        **{
-            f'{opt}-{wd:g}': dict(optimizer=opt, lr=lr, weight_decay=wd)
-            for opt, lr in (('Adam', lr_adam), ('Adadelta', lr_adadelta), ('AdamW', lr_adam))
-            for wd in (0, 1e-5, 1e-4, 1e-3, 1e-2)
-        },
+        **sweep,
     }
     # Names for several settings at once
-    groups = {'all': [1, 2, 3, 4], 'extra': list(range(5, 14)), 'wd': [name for name in settings if '-' in str(name)]}
+    groups = {'all': [1, 2, 3, 4], 'extra': list(range(5, 14)), 'wd': list(sweep)}
 
 
 def setting(name):

@@ -144,10 +144,10 @@ def main(argv=None):
         Config,
         'Train settings of the MNIST 4-layer perceptron; each setting is a row of Config.settings in MNIST_model.py.',
         required=True,
-        help="setting to train: a row of Config.settings (1-4: the assignment's), all (1-4), extra (5-13) or wd "
-        '(the weight-decay sweep)',
+        help="setting to train: a row of Config.settings (1-4: the assignment's, best), all (1-4), extra (5-13) or "
+        'wd (the weight-decay sweep)',
     )
-    p.add_argument('--epochs', type=cli.count(1), help="epochs to train (default: the setting's, 100)")
+    p.add_argument('--epochs', type=cli.count(1), help="epochs to train (default: the setting's, 100; best: 300)")
     p.add_argument('--seed', type=cli.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
     p.add_argument('--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
     again = p.add_mutually_exclusive_group()

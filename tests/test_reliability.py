@@ -183,6 +183,7 @@ def test_existing_results_are_not_overwritten(run_main, tmp_path):
         (['--setting', '1', '--device', 'tpu'], "unknown device 'tpu'"),
         (['--setting', '2', '--seeds', '3', '--task', '3'], '--task 3: these settings and seeds make runs 0 to 2'),
         (['--epochs', '3'], 'required: --setting'),
+        (['--setting', '2', '--forc'], 'unrecognized arguments: --forc'),  # no abbreviation in a printed command
     ],
 )
 def test_bad_arguments(run_main, tmp_path, args, phrase):

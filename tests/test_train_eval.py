@@ -76,7 +76,7 @@ def test_checkpoint_loads_the_skeleton_way(run_main, tmp_path, data_dir):
     model.load_state_dict(checkpoint['model_state_dict'])
     x, y = data_load(data_dir, train=False)
     img = x.view(-1, 1, 28, 28)
-    assert model.forward(img.view(-1, 28 * 28)).argmax(1).eq(y).float().mean() > 0.5
+    assert model(img).argmax(1).eq(y).float().mean() > 0.5
 
 
 def test_validation_split_is_held_out_and_fixed():
