@@ -28,9 +28,9 @@ except ImportError:  # Windows: no peak-memory figure
     resource = None
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from cli import parse_device  # noqa: E402
 from MNIST_model import Config, MNIST_model, data_load, generate_batch, predict, setting  # noqa: E402
 from MNIST_train import make_optimizer, split_indices, train  # noqa: E402
-from runs import parse_device  # noqa: E402
 from tests.idx import write_mnist  # noqa: E402
 
 

@@ -122,13 +122,15 @@ def test_every_image_mode_and_size_gives_a_reading_or_one_sentence(cli, trained,
     the other images still read, and no warning or traceback from a library."""
     digit = torch.zeros(784)
     digit.view(28, 28)[6:22, 12:16] = 1  # a 1
-    photo_of_a_digit = Image.open(photo(digit, 0, tmp_path))
+    with Image.open(photo(digit, 0, tmp_path)) as photo_of_a_digit:
+        photo_of_a_digit.load()
     modes = ['1', 'CMYK', 'F', 'I', 'I;16', 'I;16B', 'L', 'LA', 'LAB', 'P', 'PA', 'RGB', 'RGBA', 'YCbCr']
     read = []
     for mode in modes:
         read.append(tmp_path / f'{mode.replace(";", "_")}.tif')
         photo_of_a_digit.convert('RGBA' if mode == 'PA' else 'RGB').convert(mode).save(read[-1])
-        assert Image.open(read[-1]).mode == mode
+        with Image.open(read[-1]) as saved:
+            assert saved.mode == mode
     noise = torch.randint(0, 256, (100, 100, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     Image.fromarray(noise.numpy(), 'RGB').save(tmp_path / 'noise.png')
     small = []

@@ -158,7 +158,9 @@ def test_sweep_report_and_plot_merge_runs_written_by_separate_processes(tmp_path
         )
         for name in names
     ]
-    assert all(p.wait(timeout=300) == 0 for p in procs)
+    for p in procs:
+        p.communicate(timeout=300)  # reads and closes its pipes
+    assert all(p.returncode == 0 for p in procs)
     result = run_main('MNIST_evaluation.py')
     assert result.returncode == 0, result.stderr
     report = (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
