@@ -129,6 +129,30 @@ def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig
     assert evaluated(out) == expected[2]
 
 
+@posix_signals
+def test_a_run_started_in_the_background_stops_on_sigint(data_dir, tmp_path):
+    """A shell without job control (a script, sh -c) starts `cmd &` with SIGINT ignored; kill -INT stops the run all
+    the same, as Ctrl-C does."""
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), *'--setting 2 --epochs 1000 --device cpu'.split()]
+    cmd += ['--data-dir', str(data_dir), '--out-dir', str(tmp_path / 'out')]
+    shell = subprocess.Popen(
+        ['sh', '-c', '"$@" & echo $!; wait $!', 'sh', *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding='utf-8',
+        env=script_env(),
+    )
+    trainer = int(shell.stdout.readline())
+    assert 'epoch   1/1000' in shell.stdout.readline()
+    os.kill(trainer, signal.SIGINT)
+    try:
+        _, err = shell.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.kill(trainer, signal.SIGKILL)  # it trains on, deaf to SIGINT
+        raise
+    assert shell.returncode == 130 and 'Interrupted; finished epochs are saved' in err, err
+
+
 KILL_DURING_WRITE = """
 import os, signal
 real_replace, writes = os.replace, []
