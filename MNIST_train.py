@@ -151,7 +151,7 @@ def main(argv=None):
     p.add_argument('--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
     again = p.add_mutually_exclusive_group()
     again.add_argument('--resume', action='store_true', help='continue after the last finished epoch (or start)')
-    again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
+    again.add_argument('--force', action='store_true', help='start over these runs (without --task: their settings)')
     p.add_argument('--jobs', type=cli.count(1), default=1, metavar='N', help='train N runs at once, sharing the cores')
     p.add_argument('--task', type=cli.count(0), metavar='I', help='train only run I (from 0): a job array task')
     args = p.parse_args(argv)
@@ -161,12 +161,12 @@ def main(argv=None):
         if args.task >= len(trainings):
             p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
         trainings = trainings[args.task : args.task + 1]
+    settings = {name: runs.run_dir(args.out_dir, name) for name, _, _ in trainings}
     try:
-        for name in (
-            dict.fromkeys(n for n, _, _ in trainings) if args.force else []
-        ):  # no run of an earlier command stays
-            runs.start_over(runs.run_dir(args.out_dir, name))
-        locks = [runs.open_run(folder, args.resume) for _, _, folder in trainings]
+        if args.force and (args.task is None or len(seeds) == 1):  # the command trains its settings whole
+            for setting_dir in settings.values():
+                runs.start_over(setting_dir)
+        locks = [runs.open_run(settings[n], folder, args.resume, args.force) for n, _, folder in trainings]
     except ValueError as e:
         cli.fail(e)
     try:

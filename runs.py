@@ -39,11 +39,6 @@ def run_folders(out_dir, name):
     return seeds or own
 
 
-def files(folder, pattern):
-    """The files in `folder` that match a glob pattern; the folder's name may hold [ ] * ?."""
-    return glob.glob(os.path.join(glob.escape(folder), pattern))
-
-
 def named(folder, pattern):
     """The entries of `folder` named exactly as the project names them, `pattern` with a number for N, sorted by
     N; others (a copy, a renamed folder) are not the project's."""
@@ -134,24 +129,30 @@ def lock(folder):
     return lock
 
 
-def open_run(folder, resume):
-    """Lock and check a run's folder: results are only continued when asked, and a setting's own folder is not
-    trained beside the runs of several seeds. Returns the lock."""
+def open_run(setting, folder, resume=False, force=False):
+    """Lock and check a run's folder, `setting`'s own or a seed's: results are continued (from their state) or deleted
+    only when asked, and a setting's own run and its seeds' runs are not trained side by side. Returns the lock."""
     held = lock(folder)
-    for tmp in files(folder, '*.tmp'):  # left by a run that was killed while writing
+    for tmp in glob.glob(os.path.join(glob.escape(folder), '*.tmp')):  # left by a run killed while writing
         os.remove(tmp)
-    if any(results(seed) for seed in named(folder, 'seed_N')):
-        raise ValueError(
-            f'{folder} holds runs of several seeds (--seeds); continue them with --seeds K, or pass --force'
-        )
-    if results(folder) and not resume:
+    if folder == setting and any(results(seed) for seed in named(setting, 'seed_N')):
+        raise ValueError(f'{setting} holds runs of several seeds; continue them with --seeds K, or pass --force')
+    if folder != setting and results(setting):
+        raise ValueError(f'{setting} holds a run without --seeds; to train seeds, pass --force (without --task)')
+    last = os.path.join(folder, 'last.pth')
+    if force:
+        for path in results(folder):
+            os.remove(path)
+    elif results(folder) and not resume:
         raise ValueError(f'{folder} already holds results; pass --resume to continue them or --force to start over')
+    elif os.path.exists(os.path.join(folder, 'history.json')) and not os.path.exists(last):
+        raise ValueError(f'{last} is missing; train the run again with --force, or evaluate it as it is')
     return held
 
 
 def start_over(folder):
-    """--force: delete the results of a setting's every run, in its own folder and its seeds' folders, so that
-    only the runs of this command remain. While another process writes one of them, one sentence and nothing else."""
+    """--force for a command that trains a setting whole: delete the results of its every run, its own and its seeds',
+    so that only this command's remain. While another process writes one of them, one sentence and nothing else."""
     folders = [folder, *named(folder, 'seed_N')] if os.path.isdir(folder) else []
     locks = [lock(run) for run in folders]  # every one before anything is deleted
     for path in (path for run in folders for path in results(run)):

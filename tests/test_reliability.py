@@ -194,6 +194,53 @@ def test_existing_results_are_not_overwritten(run_main, tmp_path):
     assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 1
 
 
+def snapshot(folder):
+    """Every file under `folder` that a run wrote (not the locks), with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob('*') if p.is_file() and p.name != '.lock'
+    }
+
+
+def test_force_deletes_only_the_runs_that_the_command_trains(run_main, tmp_path):
+    """A job array task resubmitted with --force starts its own run over, and leaves its siblings' runs alone."""
+    setting = tmp_path / 'out' / 'setting_2'
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '3', '--epochs', '1').returncode == 0
+    siblings = {k: v for k, v in snapshot(setting).items() if not k.startswith('seed_1/')}
+    forced = run_main('MNIST_train.py', '--setting', '2', '--seeds', '3', '--epochs', '2', '--task', '1', '--force')
+    assert forced.returncode == 0, forced.stderr
+    assert {k: v for k, v in snapshot(setting).items() if not k.startswith('seed_1/')} == siblings
+    history = json.loads((setting / 'seed_1' / 'history.json').read_text(encoding='utf-8'))
+    assert history['seed'] == 1 and len(history['epochs']) == 2
+
+
+def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, tmp_path):
+    setting = tmp_path / 'out' / 'setting_2'
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    before = snapshot(setting)
+    for extra in ([], ['--resume'], ['--task', '1', '--force']):
+        refused = run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1', *extra)
+        assert_clean_error(refused, f'{setting} holds a run without --seeds', '--force (without --task)')
+        assert refused.stderr.count('\n') == 1 and snapshot(setting) == before
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1', '--force').returncode == 0
+    evaluated = run_main('MNIST_evaluation.py')
+    lines = [line.split(':')[0] for line in evaluated.stdout.splitlines() if 'accuracy of the' in line]
+    assert lines == ['Setting 2 seed 0', 'Setting 2 seed 1'] and not (setting / 'history.json').exists()
+
+
+def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
+    folder = tmp_path / 'out' / 'setting_2'
+    (folder / 'last.pth').unlink()
+    before = snapshot(folder)
+    resumed = run_main('MNIST_train.py', '--setting', '2', '--epochs', '3', '--resume')
+    assert_clean_error(
+        resumed, f'{folder / "last.pth"} is missing; train the run again with --force, or evaluate it as it is'
+    )
+    assert resumed.stderr.count('\n') == 1 and snapshot(folder) == before
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0 and 'Setting 2: accuracy of the' in evaluated.stdout, evaluated.stderr
+
+
 @pytest.mark.parametrize(
     'args, phrase',
     [
