@@ -161,6 +161,19 @@ def start_over(folder):
         held.close()
 
 
+EPOCH = dict(epoch=1, train_loss=0.0, val_loss=0.0, val_accuracy=0.0, seconds=0.0)
+HISTORY = dict(seed=0, device='', epochs=[EPOCH], best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
+
+
+def fits(value, like):
+    """Whether a value read from a file has the keys and kinds of `like` (any number for a float, text for None)."""
+    if isinstance(like, dict):
+        return isinstance(value, dict) and all(key in value and fits(value[key], v) for key, v in like.items())
+    if isinstance(like, list):
+        return isinstance(value, list) and all(fits(v, like[0]) for v in value)
+    return isinstance(value, {float: (int, float), type(None): (str, type(None))}.get(type(like), type(like)))
+
+
 def load_checkpoint(path, model=None):
     """Read a checkpoint safely (tensors and plain values only) onto the CPU and load its weights into `model`, if
     given, wherever the model is; ValueError says what is wrong."""
@@ -174,8 +187,8 @@ def load_checkpoint(path, model=None):
         ) from None
     except Exception:
         raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
-    if not isinstance(checkpoint, dict) or 'model_state_dict' not in checkpoint or 'epoch' not in checkpoint:
-        raise ValueError(f'{path} is not a checkpoint of this project (no epoch or model_state_dict)')
+    if not fits(checkpoint, {'epoch': 1, 'model_state_dict': {}}):
+        raise ValueError(f'{path} is not a checkpoint of this project (no epoch number or model_state_dict)')
     try:
         if model is not None:
             model.load_state_dict(checkpoint['model_state_dict'])
@@ -184,6 +197,14 @@ def load_checkpoint(path, model=None):
     except (RuntimeError, KeyError, TypeError):
         raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
     return checkpoint
+
+
+def check_history(history, hyperparameters):
+    """ValueError unless a history read from a file holds every value that the evaluation and --resume read, of its
+    kind (`hyperparameters` shows theirs), and its epochs numbered from 1, the best one among them."""
+    n = len(history['epochs']) if fits(history, {**HISTORY, 'hyperparameters': hyperparameters}) else -1
+    if n < 0 or [e['epoch'] for e in history['epochs']] != list(range(1, n + 1)) or history['best_epoch'] > n:
+        raise ValueError('its history lacks a value or holds one of another kind, or its epochs do not add up')
 
 
 def run_identity(history):
@@ -199,20 +220,23 @@ def load_state(folder, model, optimizer, scheduler, history):
         return history
     try:
         state = load_checkpoint(path, model=model)
+        check_history(state['history'], history['hyperparameters'])
         same = run_identity(state['history']) == run_identity(history)
         optimizer.load_state_dict(state['optimizer_state_dict'])
         if scheduler:
             scheduler.load_state_dict(state['scheduler_state_dict'])
         torch.set_rng_state(state['rng_state'])
         device, before = next(model.parameters()).device, state['history']['device'].split(':')[0]
+        if (before == 'cpu') != (state.get('device_rng_state') is None):
+            raise ValueError(f'its random state is not that of a run on {before}')
         if before != device.type:  # the other device's generator cannot be restored here
             print(
                 f'warning: {folder} continues on {device.type} after training on {before}: not bit-exact',
                 file=sys.stderr,
             )
-        elif state.get('device_rng_state') is not None:
+        elif before != 'cpu':
             torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f'cannot resume from {path} ({e}); pass --force to start over') from None
     if not same:
         raise ValueError(

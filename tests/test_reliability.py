@@ -351,11 +351,15 @@ def damage_checkpoint(path, kind):
             },
             path,
         )
+    elif kind == 'another epoch':
+        torch.save({**good, 'epoch': 'one'}, path)
     else:
         path.write_bytes(pickle.dumps({'epoch': 1, 'model_state_dict': Exploit()}))
 
 
-@pytest.mark.parametrize('kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'pickled code'])
+@pytest.mark.parametrize(
+    'kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'another epoch', 'pickled code']
+)
 def test_damaged_checkpoint_is_skipped(run_main, trained, tmp_path, kind):
     (path,) = (trained / 'setting_1').glob('epoch_*.pth')
     damage_checkpoint(path, kind)
@@ -542,6 +546,45 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(run_m
         'history.json is missing or damaged',
     )
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
+
+
+HISTORY_DAMAGE = {
+    'no best epoch': lambda h: h.pop('best_epoch'),
+    'no learning rate': lambda h: h['hyperparameters'].pop('lr'),
+    'an epoch without its validation loss': lambda h: h['epochs'][0].pop('val_loss'),
+    'a training time in words': lambda h: h.update(training_time='twelve seconds'),
+    'epochs numbered from 0': lambda h: h['epochs'][0].update(epoch=0),
+}
+
+
+@pytest.mark.parametrize('damage', HISTORY_DAMAGE)
+def test_a_history_that_lacks_a_key_or_does_not_add_up_is_skipped(run_main, trained, damage):
+    path = trained / 'setting_1' / 'history.json'
+    history = json.loads(path.read_text(encoding='utf-8'))
+    HISTORY_DAMAGE[damage](history)
+    path.write_text(json.dumps(history), encoding='utf-8')
+    result = run_main('MNIST_evaluation.py', '--device', 'cpu')
+    assert_clean_error(result, f'Setting 1: skipped: {path} is missing or damaged')
+    assert result.stderr.count('\n') == 1
+    assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
+
+
+STATE_DAMAGE = {
+    "an accelerator's random state in a CPU run": lambda s: s.update(device_rng_state=torch.get_rng_state()),
+    'a random state of floats': lambda s: s.update(rng_state=torch.zeros(3)),
+    'a history without its best epoch': lambda s: s['history'].pop('best_epoch'),
+}
+
+
+@pytest.mark.parametrize('damage', STATE_DAMAGE)
+def test_resume_refuses_a_state_that_does_not_fit_with_one_sentence(run_main, trained, damage):
+    path = trained / 'setting_2' / 'last.pth'
+    state = torch.load(path, weights_only=True)
+    STATE_DAMAGE[damage](state)
+    torch.save(state, path)
+    result = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--device', 'cpu', '--resume')
+    assert_clean_error(result, f'cannot resume from {path}', '--force')
+    assert result.stderr.count('\n') == 1
 
 
 class ClosedOnWindows(io.RawIOBase):
