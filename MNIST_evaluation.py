@@ -125,7 +125,8 @@ def main(argv=None):
             notes.append(note)
     if not rows:
         cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
-    report.write_report(rows, notes, x, y, args.out_dir, Config)
+    with runs.together():  # the report and its pictures, the previous ones or these, whole
+        report.write_report(rows, notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0
 

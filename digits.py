@@ -129,8 +129,9 @@ def read_images(paths, read, out_dir):
         if k < shown:
             show_reading(axes[k], image, x, p, os.path.basename(file))
         rows.append([file, first, *(f'{q:.4f}' for q in p.tolist())])
-    pictures.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
-    runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
+    with runs.together():  # the picture and the CSV of these images, or of the previous ones
+        pictures.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
+        runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
     more = f' (the first {shown})' if shown < len(readings) else ''
     print(f'Picture{more}: {os.path.join(out_dir, "own_digits.png")}; every image in own_digits.csv beside it')
     return failed

@@ -1,6 +1,6 @@
-"""A run on disk: its folder, files written atomically, the folder lock, its checkpoints and the state that
---resume continues from."""
+"""A run on disk: its folder and its lock, files written whole (one or a set), checkpoints and the state to resume."""
 
+import contextlib
 import csv
 import glob
 import io
@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import sys
 import time
 
@@ -21,6 +22,7 @@ except ImportError:  # Windows
     fcntl = None
 
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png')  # and the best checkpoint, epoch_N.pth
+HELD_OPEN = 'another program keeps it open; close that program, then run again'
 
 
 def run_dir(out_dir, name, seed=None):
@@ -57,32 +59,64 @@ def results(folder):
     return [p for p in [os.path.join(folder, f) for f in RESULTS] if os.path.exists(p)] + named(folder, 'epoch_N.pth')
 
 
-def save_atomic(path, write, patience=3.0):
+def save_atomic(path, write):
     """Write a file so that it is either complete or as it was: write(buffer) in memory (so that a full disk is an
-    OSError naming the file, whatever the writer), then a temp file, fsync, rename. On Windows the rename fails
-    while another program has the file open (Excel, a viewer, a virus scanner): it is tried again for `patience`
-    seconds."""
-    buffer, tmp = io.BytesIO(), f'{path}.{os.getpid()}.tmp'
+    OSError naming the file, whatever the writer), then put in place, at once or with the set of together()."""
+    buffer = io.BytesIO()
     write(buffer)
+    if pending is None:
+        put_in_place({path: buffer.getvalue()})
+    else:
+        pending[path] = buffer.getvalue()
+
+
+pending = None  # while together() runs: {path: bytes}, the files that it puts in place as one set
+
+
+@contextlib.contextmanager
+def together():
+    """The files that save_atomic writes in this block as one set, the previous one or the new one whole: rendered in
+    memory first (Ctrl-C there leaves every file as it was), then put in place together."""
+    global pending
+    pending = files = {}
     try:
-        with open(tmp, 'wb') as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                os.replace(tmp, path)
-                break
-            except PermissionError as e:
-                if time.monotonic() > deadline:
-                    raise OSError(e.errno, 'another program keeps it open; close that program, then run again') from e
-                time.sleep(0.1)
-    except OSError as e:
+        yield
+    finally:
+        pending = None
+    put_in_place(files)
+
+
+def put_in_place(files, patience=3.0):
+    """Write files {path: bytes}, Ctrl-C and SIGTERM waiting: each to a temp file, fsync, then each renamed over its
+    path, for `patience` seconds while another program holds it open (on Windows: Excel, a viewer, a virus scanner)."""
+    temps, caught = {path: f'{path}.{os.getpid()}.tmp' for path in files}, []
+    held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for path, data in files.items():
+            with open(temps[path], 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, temp in temps.items():
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    os.replace(temp, path)
+                    break
+                except PermissionError as e:
+                    if time.monotonic() > deadline:
+                        raise OSError(e.errno, HELD_OPEN) from e
+                    time.sleep(0.1)
+    except OSError as e:  # naming the file that was being written or renamed
         raise OSError(e.errno, e.strerror, path) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for temp in temps.values():
+            if os.path.exists(temp):
+                os.remove(temp)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+    if caught:
+        signal.raise_signal(caught[0])
 
 
 def save_csv(path, rows):

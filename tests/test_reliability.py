@@ -628,6 +628,44 @@ def test_ctrl_c_in_evaluation(harness):
     assert result.returncode == 130 and result.stderr.strip() == 'Interrupted.'
 
 
+REPORT_SET = ['report.md', 'report.csv', 'val_accuracy.png', 'learning_curves.png', 'confusion_matrix.csv']
+REPORT_SET += ['confusion_matrix.png', 'mistakes.png']
+SIGNAL_WHILE_DRAWING = """
+import signal, matplotlib.figure
+real_savefig, drawn = matplotlib.figure.Figure.savefig, []
+def savefig(*args, **kwargs):
+    drawn.append(1)
+    if len(drawn) == 2:
+        signal.raise_signal(signal.{sig})  # while the second picture is drawn
+    return real_savefig(*args, **kwargs)
+matplotlib.figure.Figure.savefig = savefig
+"""
+SIGNAL_BETWEEN_FILES = """
+import os, signal
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    os.replace = real_replace
+    signal.raise_signal(signal.{sig})  # once the first file is in place
+os.replace = replace
+"""
+
+
+@pytest.mark.parametrize(
+    'moment, sig',
+    [('drawing', 'SIGINT'), ('between files', 'SIGINT'), ('between files', 'SIGTERM')],
+)
+def test_an_interrupted_evaluation_leaves_the_old_report_or_the_new_one_whole(harness, trained, moment, sig):
+    for name in REPORT_SET:
+        (trained / name).write_bytes(b'the previous report')
+    setup = SIGNAL_WHILE_DRAWING if moment == 'drawing' else SIGNAL_BETWEEN_FILES
+    result = harness('MNIST_evaluation', setup.format(sig=sig), '--device', 'cpu')
+    assert result.returncode == 128 + getattr(signal, sig) and 'Traceback' not in result.stderr, result.stderr
+    old = {name for name in REPORT_SET if (trained / name).read_bytes() == b'the previous report'}
+    assert old == (set(REPORT_SET) if moment == 'drawing' else set())  # the new report is written whole, or none
+    assert not list(trained.glob('*.tmp'))
+
+
 def test_data_dir_naming_a_file(run_main, tmp_path):
     (tmp_path / 'file').write_text('x', encoding='utf-8')
     assert_clean_error(run_main('MNIST_train.py', '--setting', '1', data=tmp_path / 'file'), 'is a file, not a folder')
