@@ -19,12 +19,14 @@ from MNIST_model import Config, build_model, data_load, predict
 
 def load_run(folder, device):
     """A run's best-epoch network, its checkpoint and its history; ValueError says what is wrong."""
+    path = os.path.join(folder, 'history.json')
     try:
-        with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
+        with open(path, encoding='utf-8') as f:
             history = json.load(f)
-        model = build_model({**Config.base, **history['hyperparameters']}).to(device)
+        runs.check_history(history, Config.base)
+        model = build_model(history['hyperparameters']).to(device)
     except (OSError, ValueError, KeyError, TypeError):
-        raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again') from None
+        raise ValueError(f'{path} is missing or damaged; train the setting again') from None
     if not history['best_epoch']:
         raise ValueError(f'{folder} holds no checkpoint: its training diverged in its first epoch')
     return model, runs.load_checkpoint(runs.best_checkpoint(folder, history), model), history
@@ -126,7 +128,8 @@ def main(argv=None):
             notes.append(note)
     if not rows:
         cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
-    report.write_report(rows, notes, x, y, args.out_dir, Config)
+    with runs.together():  # the report and its pictures, the previous ones or these, whole
+        report.write_report(rows, notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0
 

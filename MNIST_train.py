@@ -152,7 +152,7 @@ def main(argv=None):
     p.add_argument('--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
     again = p.add_mutually_exclusive_group()
     again.add_argument('--resume', action='store_true', help='continue after the last finished epoch (or start)')
-    again.add_argument('--force', action='store_true', help='delete earlier results of these settings first')
+    again.add_argument('--force', action='store_true', help='start over these runs (without --task: their settings)')
     p.add_argument('--jobs', type=cli.count(1), default=1, metavar='N', help='train N runs at once, sharing the cores')
     p.add_argument('--task', type=cli.count(0), metavar='I', help='train only run I (from 0): a job array task')
     args = p.parse_args(argv)
@@ -162,13 +162,14 @@ def main(argv=None):
         if args.task >= len(trainings):
             p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
         trainings = trainings[args.task : args.task + 1]
-    restarted = dict.fromkeys(n for n, _, _ in trainings) if args.force else []  # no run of an earlier command stays
+    settings = {name: runs.run_dir(args.out_dir, name) for name, _, _ in trainings}
     with contextlib.ExitStack() as locks:  # each folder's lock, released however this ends
         try:
-            for name in restarted:
-                runs.start_over(runs.run_dir(args.out_dir, name))
-            for _, _, folder in trainings:
-                locks.enter_context(runs.open_run(folder, args.resume))
+            if args.force and (args.task is None or len(seeds) == 1):  # the command trains its settings whole
+                for setting_dir in settings.values():
+                    runs.start_over(setting_dir)
+            for name, _, folder in trainings:
+                locks.enter_context(runs.open_run(settings[name], folder, args.resume, args.force))
         except ValueError as e:
             cli.fail(e)
         train_one = functools.partial(train_setting, args=args)

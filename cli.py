@@ -85,10 +85,12 @@ def terminated(signum, frame):
 def start_process(window=False):
     """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
     to files unless a window is asked for; denormal floats, which weight decay breeds in blank pixels' weights and
-    which slow CPUs, are zero; SIGTERM stops the script as Ctrl-C does."""
+    which slow CPUs, are zero; SIGTERM stops the script as Ctrl-C does, and so does SIGINT where a shell started it
+    in the background with SIGINT ignored."""
     if not window:
         matplotlib.use('Agg')
     torch.set_flush_denormal(True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, terminated)
 
 

@@ -15,20 +15,26 @@ from torchvision.transforms.functional import pil_to_tensor
 import pictures
 import runs
 
-IMAGE_TYPES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')  # PNG, JPEG, BMP, GIF and WebP
+IMAGE_TYPES = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}  # that Pillow opens
 MAX_PIXELS = 40_000_000  # a larger photo (48 megapixels from a phone) reads as well once scaled down
 
 
 def image_files(path):
-    """The image files in the folder `path`, or else `path` itself, for read_image to say what is wrong with it."""
-    found = os.path.isdir(path) and [os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_TYPES)]
-    return sorted(found) if found else [path]
+    """The image files in the folder `path`, saying in a line which other files it passed over; or else `path`
+    itself, for read_image to say what is wrong with it."""
+    if not os.path.isdir(path):
+        return [path]
+    names = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)) and not f.startswith('.'))
+    other = [f for f in names if os.path.splitext(f)[1].lower() not in IMAGE_TYPES]
+    if other:
+        print(f'{path}: passed over {", ".join(other)} (not an image file)')
+    return [os.path.join(path, f) for f in names if f not in other] or [path]
 
 
 def read_image(path):
-    """The image in a file, as Pillow reads it; ValueError says what is wrong with the file."""
+    """The image in a file, as Pillow reads it, in 8 bits a channel; ValueError says what is wrong with the file."""
     if os.path.isdir(path):
-        raise ValueError(f'the folder holds no images ({" ".join(IMAGE_TYPES)})')
+        raise ValueError('the folder holds no images (PNG, JPEG, TIFF or another type that Pillow reads)')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)
@@ -36,15 +42,26 @@ def read_image(path):
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError
                 image.load()
-                return image.convert('LA') if image.mode == 'La' else image  # Pillow converts La to LA only
+                return image.convert('LA') if image.mode == 'La' else eight_bits(image)  # Pillow makes La LA only
     except FileNotFoundError:
         raise ValueError('no such file or folder') from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ValueError(f'the image is larger than {MAX_PIXELS // 10**6} megapixels; scale it down') from None
     except Image.UnidentifiedImageError:
-        raise ValueError('not a PNG, JPEG, BMP, GIF or WebP image') from None
+        raise ValueError('not a PNG, JPEG, BMP, GIF or WebP image, nor another type that Pillow reads') from None
     except (OSError, SyntaxError, ValueError):  # Pillow's decoders raise each of these for a damaged file
         raise ValueError('the image is damaged or truncated') from None
+
+
+def eight_bits(image):
+    """An image of 16 or 32 bits a pixel (modes I;16, I, F) in 8 bits by its own range, where Pillow would clip at 255:
+    the smallest of 0-1 (floating point only), 0-255, 0-65535 and 0-2147483647 that holds its values."""
+    if image.mode not in ('I', 'F') and not image.mode.startswith('I;16'):
+        return image
+    ranges = (1, 255, 65535) if image.mode == 'F' else (255, 65535)
+    image = ImageOps.exif_transpose(image).convert('F')
+    top = next((r for r in ranges if image.getextrema()[1] <= r), 2**31 - 1)
+    return image.point(lambda v: v * 255 / top + 0.5).convert('L')  # rounded: convert() truncates
 
 
 def normalise(image):
@@ -128,8 +145,9 @@ def read_images(paths, read, out_dir):
         if k < shown:
             show_reading(axes[k], image, x, p, os.path.basename(file))
         rows.append([file, first, *(f'{q:.4f}' for q in p.tolist())])
-    pictures.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
-    runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
+    with runs.together():  # the picture and the CSV of these images, or of the previous ones
+        pictures.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
+        runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
     more = f' (the first {shown})' if shown < len(readings) else ''
     print(f'Picture{more}: {os.path.join(out_dir, "own_digits.png")}; every image in own_digits.csv beside it')
     return failed

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import sys
 import time
 import warnings
@@ -22,6 +23,7 @@ except ImportError:  # Windows
     fcntl = None
 
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png')  # and the best checkpoint, epoch_N.pth
+HELD_OPEN = 'another program keeps it open; close that program, then run again'
 
 
 def run_dir(out_dir, name, seed=None):
@@ -38,11 +40,6 @@ def run_folders(out_dir, name):
     seeds = [seed for seed in named(folder, 'seed_N') if os.path.exists(os.path.join(seed, 'history.json'))]
     own = [folder] if os.path.exists(os.path.join(folder, 'history.json')) else []
     return seeds or own
-
-
-def files(folder, pattern):
-    """The files in `folder` that match a glob pattern; the folder's name may hold [ ] * ?."""
-    return glob.glob(os.path.join(glob.escape(folder), pattern))
 
 
 def named(folder, pattern):
@@ -63,32 +60,64 @@ def results(folder):
     return [p for p in [os.path.join(folder, f) for f in RESULTS] if os.path.exists(p)] + named(folder, 'epoch_N.pth')
 
 
-def save_atomic(path, write, patience=3.0):
+def save_atomic(path, write):
     """Write a file so that it is either complete or as it was: write(buffer) in memory (so that a full disk is an
-    OSError naming the file, whatever the writer), then a temp file, fsync, rename. On Windows the rename fails
-    while another program has the file open (Excel, a viewer, a virus scanner): it is tried again for `patience`
-    seconds."""
-    buffer, tmp = io.BytesIO(), f'{path}.{os.getpid()}.tmp'
+    OSError naming the file, whatever the writer), then put in place, at once or with the set of together()."""
+    buffer = io.BytesIO()
     write(buffer)
+    if pending is None:
+        put_in_place({path: buffer.getvalue()})
+    else:
+        pending[path] = buffer.getvalue()
+
+
+pending = None  # while together() runs: {path: bytes}, the files that it puts in place as one set
+
+
+@contextlib.contextmanager
+def together():
+    """The files that save_atomic writes in this block as one set, the previous one or the new one whole: rendered in
+    memory first (Ctrl-C there leaves every file as it was), then put in place together."""
+    global pending
+    pending = files = {}
     try:
-        with open(tmp, 'wb') as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                os.replace(tmp, path)
-                break
-            except PermissionError as e:
-                if time.monotonic() > deadline:
-                    raise OSError(e.errno, 'another program keeps it open; close that program, then run again') from e
-                time.sleep(0.1)
-    except OSError as e:
+        yield
+    finally:
+        pending = None
+    put_in_place(files)
+
+
+def put_in_place(files, patience=3.0):
+    """Write files {path: bytes}, Ctrl-C and SIGTERM waiting: each to a temp file, fsync, then each renamed over its
+    path, for `patience` seconds while another program holds it open (on Windows: Excel, a viewer, a virus scanner)."""
+    temps, caught = {path: f'{path}.{os.getpid()}.tmp' for path in files}, []
+    held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for path, data in files.items():
+            with open(temps[path], 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, temp in temps.items():
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    os.replace(temp, path)
+                    break
+                except PermissionError as e:
+                    if time.monotonic() > deadline:
+                        raise OSError(e.errno, HELD_OPEN) from e
+                    time.sleep(0.1)
+    except OSError as e:  # naming the file that was being written or renamed
         raise OSError(e.errno, e.strerror, path) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for temp in temps.values():
+            if os.path.exists(temp):
+                os.remove(temp)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+    if caught:
+        signal.raise_signal(caught[0])
 
 
 def save_csv(path, rows):
@@ -136,31 +165,51 @@ def lock(folder):
     return lock
 
 
-def open_run(folder, resume):
-    """Lock and check a run's folder: results are only continued when asked, and a setting's own folder is not
-    trained beside the runs of several seeds. Returns the lock."""
+def open_run(setting, folder, resume=False, force=False):
+    """Lock and check a run's folder, `setting`'s own or a seed's: results are continued (from their state) or deleted
+    only when asked, and a setting's own run and its seeds' runs are not trained side by side. Returns the lock."""
     held = lock(folder)
-    for tmp in files(folder, '*.tmp'):  # left by a run that was killed while writing
+    for tmp in glob.glob(os.path.join(glob.escape(folder), '*.tmp')):  # left by a run killed while writing
         os.remove(tmp)
-    if any(results(seed) for seed in named(folder, 'seed_N')):
-        problem = f'{folder} holds runs of several seeds (--seeds); continue them with --seeds K, or pass --force'
-    elif results(folder) and not resume:
+    last, history = os.path.join(folder, 'last.pth'), os.path.join(folder, 'history.json')
+    if folder == setting and any(results(seed) for seed in named(setting, 'seed_N')):
+        problem = f'{setting} holds runs of several seeds; continue them with --seeds K, or pass --force'
+    elif folder != setting and results(setting):
+        problem = f'{setting} holds a run without --seeds; to train seeds, pass --force (without --task)'
+    elif results(folder) and not resume and not force:
         problem = f'{folder} already holds results; pass --resume to continue them or --force to start over'
+    elif os.path.exists(history) and not os.path.exists(last) and not force:
+        problem = f'{last} is missing; train the run again with --force, or evaluate it as it is'
     else:
+        for path in results(folder) if force else []:
+            os.remove(path)
         return held
     held.close()
     raise ValueError(problem)
 
 
 def start_over(folder):
-    """--force: delete the results of a setting's every run, in its own folder and its seeds' folders, so that
-    only the runs of this command remain. While another process writes one of them, one sentence and nothing else."""
+    """--force for a command that trains a setting whole: delete the results of its every run, its own and its seeds',
+    so that only this command's remain. While another process writes one of them, one sentence and nothing else."""
     folders = [folder, *named(folder, 'seed_N')] if os.path.isdir(folder) else []
     with contextlib.ExitStack() as locks:
         for run in folders:  # every one locked before anything is deleted
             locks.enter_context(lock(run))
         for path in (path for run in folders for path in results(run)):
             os.remove(path)
+
+
+EPOCH = dict(epoch=1, train_loss=0.0, val_loss=0.0, val_accuracy=0.0, seconds=0.0)
+HISTORY = dict(seed=0, device='', epochs=[EPOCH], best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
+
+
+def fits(value, like):
+    """Whether a value read from a file has the keys and kinds of `like` (any number for a float, text for None)."""
+    if isinstance(like, dict):
+        return isinstance(value, dict) and all(key in value and fits(value[key], v) for key, v in like.items())
+    if isinstance(like, list):
+        return isinstance(value, list) and all(fits(v, like[0]) for v in value)
+    return isinstance(value, {float: (int, float), type(None): (str, type(None))}.get(type(like), type(like)))
 
 
 def load_checkpoint(path, model=None):
@@ -178,8 +227,8 @@ def load_checkpoint(path, model=None):
         ) from None
     except Exception:
         raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
-    if not isinstance(checkpoint, dict) or 'model_state_dict' not in checkpoint or 'epoch' not in checkpoint:
-        raise ValueError(f'{path} is not a checkpoint of this project (no epoch or model_state_dict)')
+    if not fits(checkpoint, {'epoch': 1, 'model_state_dict': {}}):
+        raise ValueError(f'{path} is not a checkpoint of this project (no epoch number or model_state_dict)')
     try:
         if model is not None:
             model.load_state_dict(checkpoint['model_state_dict'])
@@ -188,6 +237,14 @@ def load_checkpoint(path, model=None):
     except (RuntimeError, KeyError, TypeError):
         raise ValueError(f'{path} does not fit the model of its setting (wrong layer names or shapes)') from None
     return checkpoint
+
+
+def check_history(history, hyperparameters):
+    """ValueError unless a history read from a file holds every value that the evaluation and --resume read, of its
+    kind (`hyperparameters` shows theirs), and its epochs numbered from 1, the best one among them."""
+    n = len(history['epochs']) if fits(history, {**HISTORY, 'hyperparameters': hyperparameters}) else -1
+    if n < 0 or [e['epoch'] for e in history['epochs']] != list(range(1, n + 1)) or history['best_epoch'] > n:
+        raise ValueError('its history lacks a value or holds one of another kind, or its epochs do not add up')
 
 
 def run_identity(history):
@@ -203,20 +260,23 @@ def load_state(folder, model, optimizer, scheduler, history):
         return history
     try:
         state = load_checkpoint(path, model=model)
+        check_history(state['history'], history['hyperparameters'])
         same = run_identity(state['history']) == run_identity(history)
         optimizer.load_state_dict(state['optimizer_state_dict'])
         if scheduler:
             scheduler.load_state_dict(state['scheduler_state_dict'])
         torch.set_rng_state(state['rng_state'])
         device, before = next(model.parameters()).device, state['history']['device'].split(':')[0]
+        if (before == 'cpu') != (state.get('device_rng_state') is None):
+            raise ValueError(f'its random state is not that of a run on {before}')
         if before != device.type:  # the other device's generator cannot be restored here
             print(
                 f'warning: {folder} continues on {device.type} after training on {before}: not bit-exact',
                 file=sys.stderr,
             )
-        elif state.get('device_rng_state') is not None:
+        elif before != 'cpu':
             torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f'cannot resume from {path} ({e}); pass --force to start over') from None
     if not same:
         raise ValueError(

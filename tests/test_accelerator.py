@@ -72,8 +72,35 @@ def test_accelerator_reads_your_own_digits(on_device, run_main, trained, data_di
     assert all(abs(float(a[d]) - float(b[d])) < 1e-3 for a, b in zip(read, on_cpu) for d in '0123456789')
 
 
+def last_state(out):
+    return torch.load(out / 'setting_best' / 'last.pth', weights_only=True)
+
+
+def assert_carried(resumed, uninterrupted, stopped):
+    """A run resumed on another device, from the state `stopped` after epoch 2, carried its weights, its optimizer's
+    state and its learning-rate schedule: after epoch 3 its learning rate and its optimizer's steps are those of the
+    uninterrupted run, and its weights are nearer to that run's than half the way that one epoch of training moves
+    them (the other device draws other random warps, so they are not the same)."""
+
+    def steps(state):
+        return [float(s['step']) for s in state['optimizer_state_dict']['state'].values()]
+
+    def distance(a, b):
+        a, b = a['model_state_dict'], b['model_state_dict']
+        squares = [(a[k] - b[k]).square().sum() for k in a if torch.is_tensor(a[k]) and a[k].is_floating_point()]
+        return sum(squares).sqrt().item()
+
+    assert steps(resumed) == steps(uninterrupted) and steps(stopped) != steps(uninterrupted)
+    lr = [state['optimizer_state_dict']['param_groups'][0]['lr'] for state in (resumed, uninterrupted, stopped)]
+    assert lr[0] == lr[1] != lr[2]
+    off, one_epoch = distance(resumed, uninterrupted), distance(stopped, uninterrupted)
+    assert off < one_epoch / 2, (off, one_epoch)
+
+
 def test_accelerator_run_resumes_on_the_cpu_with_one_warning(on_device, run_main, tmp_path):
+    assert on_device('MNIST_train', '--setting', 'best', '--epochs', '3', out=tmp_path / 'ref').returncode == 0
     assert on_device('MNIST_train', '--setting', 'best', '--epochs', '3', setup=STOP_AT_EPOCH_3).returncode == 130
+    stopped = last_state(tmp_path / 'out')
     resumed = run_main('MNIST_train.py', '--setting', 'best', '--epochs', '3', '--device', 'cpu', '--resume')
     assert resumed.returncode == 0, resumed.stderr
     folder = tmp_path / 'out' / 'setting_best'
@@ -81,13 +108,16 @@ def test_accelerator_run_resumes_on_the_cpu_with_one_warning(on_device, run_main
     assert resumed.stderr.strip() == warning
     history = json.loads((folder / 'history.json').read_text(encoding='utf-8'))
     assert [e['epoch'] for e in history['epochs']] == [1, 2, 3] and history['device'] == 'cpu'
+    assert_carried(last_state(tmp_path / 'out'), last_state(tmp_path / 'ref'), stopped)
 
 
 def test_cpu_run_resumes_on_the_accelerator_with_one_warning(on_device, run_main, tmp_path, monkeypatch):
     args = ('--setting', 'best', '--epochs', '3')
+    assert run_main('MNIST_train.py', *args, '--device', 'cpu', out=tmp_path / 'ref').returncode == 0
     with monkeypatch.context() as patch:
         ctrl_c_at_epoch(3, patch)
         assert run_main('MNIST_train.py', *args, '--device', 'cpu').returncode == 130
+    stopped = last_state(tmp_path / 'out')
     resumed = on_device('MNIST_train', *args, '--resume')
     assert resumed.returncode == 0, resumed.stderr
     folder = tmp_path / 'out' / 'setting_best'
@@ -97,6 +127,7 @@ def test_cpu_run_resumes_on_the_accelerator_with_one_warning(on_device, run_main
     )
     history = json.loads((folder / 'history.json').read_text(encoding='utf-8'))
     assert [e['epoch'] for e in history['epochs']] == [1, 2, 3] and history['device'].startswith(on_device.device)
+    assert_carried(last_state(tmp_path / 'out'), last_state(tmp_path / 'ref'), stopped)
 
 
 def test_accelerator_resumes_on_the_accelerator_exactly(on_device, tmp_path):

@@ -6,10 +6,13 @@ import os
 import shutil
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from matplotlib.backend_bases import MouseEvent
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import digits
 import MNIST_evaluation
@@ -146,3 +149,66 @@ def test_every_image_mode_and_size_gives_a_reading_or_one_sentence(cli, trained,
     assert readings >= {str(path) for path in read}  # every mode reads the digit
     assert str(tmp_path / 'noise.png') in errors | readings and errors.isdisjoint(readings)
     assert len(readings) + len(errors) == len(read) + 1 + len(small) and result.returncode == (1 if errors else 0)
+
+
+TWINS = {  # an 8-bit greyscale image's values, as other modes, bit depths and value ranges hold them
+    'RGB.png': lambda a: Image.fromarray(a).convert('RGB'),
+    'LA.png': lambda a: Image.fromarray(a).convert('LA'),
+    '16-bit.png': lambda a: Image.fromarray(a.astype(np.uint16) * 257),
+    '16-bit big-endian.tif': lambda a: Image.fromarray((a.astype(np.uint16) * 257).astype('>u2')),
+    '16-bit from Pillow.tif': lambda a: Image.fromarray(a).convert('I;16'),  # 0-255, as Pillow converts 8 bits
+    '32-bit integer, 16-bit range.tif': lambda a: Image.fromarray(a.astype(np.int32) * 257),
+    '32-bit integer, full range.tif': lambda a: Image.fromarray(a.astype(np.int32) * 8421504),  # (2**31 - 1) // 255
+    '32-bit integer from Pillow.tif': lambda a: Image.fromarray(a).convert('I'),
+    'floating point, 0-1.tif': lambda a: Image.fromarray((a / 255).astype(np.float32)),
+}
+
+
+def what_the_network_sees(path):
+    """The 28x28 digit that the network reads in an image file, or the sentence that says why there is none."""
+    try:
+        return digits.normalise(digits.read_image(path)).tolist()
+    except ValueError as e:
+        return str(e)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.tuples(st.integers(1, 80), st.integers(1, 80)),
+    paper=st.integers(0, 255),
+    ink=st.integers(0, 255),
+    strokes=st.lists(st.tuples(*[st.integers(0, 100)] * 4), min_size=1, max_size=3),  # % of the width, height
+    width=st.integers(1, 8),
+)
+def test_every_mode_and_bit_depth_reads_as_its_8_bit_twin(tmp_path, size, paper, ink, strokes, width):
+    """Digits drawn in strokes, of any ink on any paper at any size: the same image in another mode, at 16 or 32 bits
+    or in floating point, is read by its own range, as its 8-bit twin."""
+    image = Image.new('L', size, paper)
+    for stroke in strokes:
+        ImageDraw.Draw(image).line([c * (n - 1) / 100 for c, n in zip(stroke, size * 2)], fill=ink, width=width)
+    image.save(tmp_path / '8-bit.png')
+    seen = what_the_network_sees(tmp_path / '8-bit.png')
+    for name, twin in TWINS.items():
+        twin(np.asarray(image)).save(tmp_path / name)
+        assert what_the_network_sees(tmp_path / name) == seen, name
+
+
+def test_a_folder_reads_every_image_type_and_says_what_it_passed_over(run_main, trained, tmp_path):
+    """A clear dark 7 as an 8-bit PNG, a 16-bit PNG, a 32-bit integer TIFF and a floating-point TIFF, in a folder
+    with a text file: each image reads as the 8-bit one, and one line names the file passed over."""
+    seven = Image.new('L', (200, 280), 235)
+    ImageDraw.Draw(seven).line([(30, 50), (170, 50), (80, 240)], fill=25, width=24)
+    a, folder = np.asarray(seven), tmp_path / 'sevens'
+    folder.mkdir()
+    Image.fromarray(a).save(folder / 'seven.png')
+    Image.fromarray(a.astype(np.uint16) * 257).save(folder / 'seven-16.png')
+    Image.fromarray(a.astype(np.int32) * 8421504).save(folder / 'seven-32.tif')
+    Image.fromarray((a / 255).astype(np.float32)).save(folder / 'seven-float.TIFF')
+    (folder / 'notes.txt').write_text('the sevens', encoding='utf-8')
+    result = run_main('MNIST_evaluation.py', '--image', folder, '--device', 'cpu')
+    assert result.returncode == 0 and result.stderr == '', result.stderr
+    assert f'{folder}: passed over notes.txt (not an image file)' in result.stdout.splitlines()
+    read = dict(line.split(': ', 1) for line in result.stdout.splitlines() if ', then ' in line)
+    names = ['seven-16.png', 'seven-32.tif', 'seven-float.TIFF', 'seven.png']
+    assert list(read) == [str(folder / name) for name in names]
+    assert len(set(read.values())) == 1  # the same digit and probabilities

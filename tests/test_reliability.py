@@ -129,6 +129,30 @@ def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(reference, tmp_path, sig
     assert evaluated(out) == expected[2]
 
 
+@posix_signals
+def test_a_run_started_in_the_background_stops_on_sigint(data_dir, tmp_path):
+    """A shell without job control (a script, sh -c) starts `cmd &` with SIGINT ignored; kill -INT stops the run all
+    the same, as Ctrl-C does."""
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), *'--setting 2 --epochs 1000 --device cpu'.split()]
+    cmd += ['--data-dir', str(data_dir), '--out-dir', str(tmp_path / 'out')]
+    shell = subprocess.Popen(
+        ['sh', '-c', '"$@" & echo $!; wait $!', 'sh', *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding='utf-8',
+        env=script_env(),
+    )
+    trainer = int(shell.stdout.readline())
+    assert 'epoch   1/1000' in shell.stdout.readline()
+    os.kill(trainer, signal.SIGINT)
+    try:
+        _, err = shell.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.kill(trainer, signal.SIGKILL)  # it trains on, deaf to SIGINT
+        raise
+    assert shell.returncode == 130 and 'Interrupted; finished epochs are saved' in err, err
+
+
 KILL_DURING_WRITE = """
 import os, signal
 real_replace, writes = os.replace, []
@@ -168,6 +192,53 @@ def test_existing_results_are_not_overwritten(run_main, tmp_path):
     forced = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1', '--force')
     assert forced.returncode == 0
     assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 1
+
+
+def snapshot(folder):
+    """Every file under `folder` that a run wrote (not the locks), with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob('*') if p.is_file() and p.name != '.lock'
+    }
+
+
+def test_force_deletes_only_the_runs_that_the_command_trains(run_main, tmp_path):
+    """A job array task resubmitted with --force starts its own run over, and leaves its siblings' runs alone."""
+    setting = tmp_path / 'out' / 'setting_2'
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '3', '--epochs', '1').returncode == 0
+    siblings = {k: v for k, v in snapshot(setting).items() if not k.startswith('seed_1/')}
+    forced = run_main('MNIST_train.py', '--setting', '2', '--seeds', '3', '--epochs', '2', '--task', '1', '--force')
+    assert forced.returncode == 0, forced.stderr
+    assert {k: v for k, v in snapshot(setting).items() if not k.startswith('seed_1/')} == siblings
+    history = json.loads((setting / 'seed_1' / 'history.json').read_text(encoding='utf-8'))
+    assert history['seed'] == 1 and len(history['epochs']) == 2
+
+
+def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, tmp_path):
+    setting = tmp_path / 'out' / 'setting_2'
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
+    before = snapshot(setting)
+    for extra in ([], ['--resume'], ['--task', '1', '--force']):
+        refused = run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1', *extra)
+        assert_clean_error(refused, f'{setting} holds a run without --seeds', '--force (without --task)')
+        assert refused.stderr.count('\n') == 1 and snapshot(setting) == before
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1', '--force').returncode == 0
+    evaluated = run_main('MNIST_evaluation.py')
+    lines = [line.split(':')[0] for line in evaluated.stdout.splitlines() if 'accuracy of the' in line]
+    assert lines == ['Setting 2 seed 0', 'Setting 2 seed 1'] and not (setting / 'history.json').exists()
+
+
+def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
+    folder = tmp_path / 'out' / 'setting_2'
+    (folder / 'last.pth').unlink()
+    before = snapshot(folder)
+    resumed = run_main('MNIST_train.py', '--setting', '2', '--epochs', '3', '--resume')
+    assert_clean_error(
+        resumed, f'{folder / "last.pth"} is missing; train the run again with --force, or evaluate it as it is'
+    )
+    assert resumed.stderr.count('\n') == 1 and snapshot(folder) == before
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0 and 'Setting 2: accuracy of the' in evaluated.stdout, evaluated.stderr
 
 
 @pytest.mark.parametrize(
@@ -281,11 +352,15 @@ def damage_checkpoint(path, kind):
             },
             path,
         )
+    elif kind == 'another epoch':
+        torch.save({**good, 'epoch': 'one'}, path)
     else:
         path.write_bytes(pickle.dumps({'epoch': 1, 'model_state_dict': Exploit()}))
 
 
-@pytest.mark.parametrize('kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'pickled code'])
+@pytest.mark.parametrize(
+    'kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'another epoch', 'pickled code']
+)
 def test_damaged_checkpoint_is_skipped(run_main, trained, tmp_path, kind):
     (path,) = (trained / 'setting_1').glob('epoch_*.pth')
     damage_checkpoint(path, kind)
@@ -474,6 +549,45 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(run_m
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
 
 
+HISTORY_DAMAGE = {
+    'no best epoch': lambda h: h.pop('best_epoch'),
+    'no learning rate': lambda h: h['hyperparameters'].pop('lr'),
+    'an epoch without its validation loss': lambda h: h['epochs'][0].pop('val_loss'),
+    'a training time in words': lambda h: h.update(training_time='twelve seconds'),
+    'epochs numbered from 0': lambda h: h['epochs'][0].update(epoch=0),
+}
+
+
+@pytest.mark.parametrize('damage', HISTORY_DAMAGE)
+def test_a_history_that_lacks_a_key_or_does_not_add_up_is_skipped(run_main, trained, damage):
+    path = trained / 'setting_1' / 'history.json'
+    history = json.loads(path.read_text(encoding='utf-8'))
+    HISTORY_DAMAGE[damage](history)
+    path.write_text(json.dumps(history), encoding='utf-8')
+    result = run_main('MNIST_evaluation.py', '--device', 'cpu')
+    assert_clean_error(result, f'Setting 1: skipped: {path} is missing or damaged')
+    assert result.stderr.count('\n') == 1
+    assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
+
+
+STATE_DAMAGE = {
+    "an accelerator's random state in a CPU run": lambda s: s.update(device_rng_state=torch.get_rng_state()),
+    'a random state of floats': lambda s: s.update(rng_state=torch.zeros(3)),
+    'a history without its best epoch': lambda s: s['history'].pop('best_epoch'),
+}
+
+
+@pytest.mark.parametrize('damage', STATE_DAMAGE)
+def test_resume_refuses_a_state_that_does_not_fit_with_one_sentence(run_main, trained, damage):
+    path = trained / 'setting_2' / 'last.pth'
+    state = torch.load(path, weights_only=True)
+    STATE_DAMAGE[damage](state)
+    torch.save(state, path)
+    result = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--device', 'cpu', '--resume')
+    assert_clean_error(result, f'cannot resume from {path}', '--force')
+    assert result.stderr.count('\n') == 1
+
+
 class ClosedOnWindows(io.RawIOBase):
     """A pipe whose reader is gone, as Windows reports it: EINVAL from the write, not EPIPE."""
 
@@ -513,6 +627,44 @@ MNIST_evaluation.data_load = data_load
 def test_ctrl_c_in_evaluation(harness):
     result = harness('MNIST_evaluation', CTRL_C_IN_EVALUATION)
     assert result.returncode == 130 and result.stderr.strip() == 'Interrupted.'
+
+
+REPORT_SET = ['report.md', 'report.csv', 'val_accuracy.png', 'learning_curves.png', 'confusion_matrix.csv']
+REPORT_SET += ['confusion_matrix.png', 'mistakes.png']
+SIGNAL_WHILE_DRAWING = """
+import signal, matplotlib.figure
+real_savefig, drawn = matplotlib.figure.Figure.savefig, []
+def savefig(*args, **kwargs):
+    drawn.append(1)
+    if len(drawn) == 2:
+        signal.raise_signal(signal.{sig})  # while the second picture is drawn
+    return real_savefig(*args, **kwargs)
+matplotlib.figure.Figure.savefig = savefig
+"""
+SIGNAL_BETWEEN_FILES = """
+import os, signal
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    os.replace = real_replace
+    signal.raise_signal(signal.{sig})  # once the first file is in place
+os.replace = replace
+"""
+
+
+@pytest.mark.parametrize(
+    'moment, sig',
+    [('drawing', 'SIGINT'), ('between files', 'SIGINT'), ('between files', 'SIGTERM')],
+)
+def test_an_interrupted_evaluation_leaves_the_old_report_or_the_new_one_whole(harness, trained, moment, sig):
+    for name in REPORT_SET:
+        (trained / name).write_bytes(b'the previous report')
+    setup = SIGNAL_WHILE_DRAWING if moment == 'drawing' else SIGNAL_BETWEEN_FILES
+    result = harness('MNIST_evaluation', setup.format(sig=sig), '--device', 'cpu')
+    assert result.returncode == 128 + getattr(signal, sig) and 'Traceback' not in result.stderr, result.stderr
+    old = {name for name in REPORT_SET if (trained / name).read_bytes() == b'the previous report'}
+    assert old == (set(REPORT_SET) if moment == 'drawing' else set())  # the new report is written whole, or none
+    assert not list(trained.glob('*.tmp'))
 
 
 def test_data_dir_naming_a_file(run_main, tmp_path):
