@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import atomic
 import cli
 import digits
 import report
@@ -128,7 +129,7 @@ def main(argv=None):
             notes.append(note)
     if not rows:
         cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
-    with runs.together():  # the report and its pictures, the previous ones or these, whole
+    with atomic.together():  # the report and its pictures, the previous ones or these, whole
         report.write_report(rows, notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0

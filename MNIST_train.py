@@ -14,6 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import atomic
 import cli
 import pictures
 import runs
@@ -55,7 +56,7 @@ def save_best(folder, model, history):
         'hyperparameters': history['hyperparameters'],
         'val_accuracy': history['best_val_accuracy'],
     }
-    runs.save_torch(runs.best_checkpoint(folder, history), checkpoint)  # CPU tensors: torch.load works anywhere
+    atomic.save_torch(runs.best_checkpoint(folder, history), checkpoint)  # CPU tensors: torch.load works anywhere
 
 
 def make_optimizer(model, hyper, steps_per_epoch):

@@ -12,8 +12,8 @@ from matplotlib.widgets import Button
 from PIL import Image, ImageDraw, ImageOps
 from torchvision.transforms.functional import pil_to_tensor
 
+import atomic
 import pictures
-import runs
 
 IMAGE_TYPES = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}  # that Pillow opens
 MAX_PIXELS = 40_000_000  # a larger photo (48 megapixels from a phone) reads as well once scaled down
@@ -145,9 +145,9 @@ def read_images(paths, read, out_dir):
         if k < shown:
             show_reading(axes[k], image, x, p, os.path.basename(file))
         rows.append([file, first, *(f'{q:.4f}' for q in p.tolist())])
-    with runs.together():  # the picture and the CSV of these images, or of the previous ones
+    with atomic.together():  # the picture and the CSV of these images, or of the previous ones
         pictures.save_figure(fig, os.path.join(out_dir, 'own_digits.png'))
-        runs.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
+        atomic.save_csv(os.path.join(out_dir, 'own_digits.csv'), rows)
     more = f' (the first {shown})' if shown < len(readings) else ''
     print(f'Picture{more}: {os.path.join(out_dir, "own_digits.png")}; every image in own_digits.csv beside it')
     return failed

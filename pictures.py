@@ -5,7 +5,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from runs import save_atomic, save_csv
+from atomic import save_atomic, save_csv
 
 
 def save_figure(fig, path):

@@ -7,8 +7,8 @@ import statistics
 
 import matplotlib.pyplot as plt
 
+import atomic
 import pictures
-import runs
 
 # How the report writes activations; the others, and initialisations, are capitalized
 NAMES = {'relu': 'ReLU', 'leaky_relu': 'Leaky ReLU (0.1)', 'elu': 'ELU', 'maxout': 'Maxout (2)'}
@@ -111,8 +111,8 @@ def write_report(rows, notes, x, y, out_dir, config):
         'Accuracy is measured once on the 10,000 test images; the early stopping epoch was chosen on a '
         'validation split of 10,000 images held out from the training images.\n'
     )
-    runs.save_atomic(os.path.join(out_dir, 'report.md'), lambda f: f.write(body.encode()))
-    runs.save_csv(
+    atomic.save_atomic(os.path.join(out_dir, 'report.md'), lambda f: f.write(body.encode()))
+    atomic.save_csv(
         os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
     )
     panels = {f'Setting #{n}': r[0]['history'] for n, r in rows.items() if n in config.groups['all'] or not assignment}

@@ -1,19 +1,17 @@
 """A run on disk: what a training writes into its folder, each file whole, and reads back to resume."""
 
 import contextlib
-import csv
 import glob
-import io
 import json
 import os
 import pickle
 import re
-import signal
 import sys
-import time
 import warnings
 
 import torch
+
+from atomic import save_atomic, save_torch
 
 try:
     import fcntl
@@ -23,7 +21,6 @@ except ImportError:  # Windows
     fcntl = None
 
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png')  # and the best checkpoint, epoch_N.pth
-HELD_OPEN = 'another program keeps it open; close that program, then run again'
 
 
 def run_dir(out_dir, name, seed=None):
@@ -58,86 +55,6 @@ def best_checkpoint(folder, history):
 def results(folder):
     """The files of a run that the project wrote into `folder`."""
     return [p for p in [os.path.join(folder, f) for f in RESULTS] if os.path.exists(p)] + named(folder, 'epoch_N.pth')
-
-
-def save_atomic(path, write):
-    """Write a file so that it is either complete or as it was: write(buffer) in memory (so that a full disk is an
-    OSError naming the file, whatever the writer), then put in place, at once or with the set of together()."""
-    buffer = io.BytesIO()
-    write(buffer)
-    if pending is None:
-        put_in_place({path: buffer.getvalue()})
-    else:
-        pending[path] = buffer.getvalue()
-
-
-pending = None  # while together() runs: {path: bytes}, the files that it puts in place as one set
-
-
-@contextlib.contextmanager
-def together():
-    """The files that save_atomic writes in this block as one set, the previous one or the new one whole: rendered in
-    memory first (Ctrl-C there leaves every file as it was), then put in place together."""
-    global pending
-    pending = files = {}
-    try:
-        yield
-    finally:
-        pending = None
-    put_in_place(files)
-
-
-def put_in_place(files, patience=3.0):
-    """Write files {path: bytes}, Ctrl-C and SIGTERM waiting: each to a temp file, fsync, then each renamed over its
-    path, for `patience` seconds while another program holds it open (on Windows: Excel, a viewer, a virus scanner)."""
-    temps, caught = {path: f'{path}.{os.getpid()}.tmp' for path in files}, []
-    held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for path, data in files.items():
-            with open(temps[path], 'wb') as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for path, temp in temps.items():
-            deadline = time.monotonic() + patience
-            while True:
-                try:
-                    os.replace(temp, path)
-                    break
-                except PermissionError as e:
-                    if time.monotonic() > deadline:
-                        raise OSError(e.errno, HELD_OPEN) from e
-                    time.sleep(0.1)
-    except OSError as e:  # naming the file that was being written or renamed
-        raise OSError(e.errno, e.strerror, path) from None
-    finally:
-        for temp in temps.values():
-            if os.path.exists(temp):
-                os.remove(temp)
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
-    if caught:
-        signal.raise_signal(caught[0])
-
-
-def save_csv(path, rows):
-    """A CSV file in UTF-8 with a byte-order mark, by which Excel knows it is UTF-8 (for ±, λ)."""
-    text = io.StringIO()
-    csv.writer(text).writerows(rows)
-    save_atomic(path, lambda f: f.write(text.getvalue().encode('utf-8-sig')))
-
-
-def save_torch(path, obj):
-    """torch.save, atomically, with every tensor moved to the CPU: the file loads on any machine."""
-    save_atomic(path, lambda f: torch.save(on_cpu(obj), f))
-
-
-def on_cpu(obj):
-    if torch.is_tensor(obj):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: on_cpu(v) for k, v in obj.items()}
-    return type(obj)(map(on_cpu, obj)) if isinstance(obj, (list, tuple)) else obj
 
 
 def save_history(folder, history):
