@@ -114,6 +114,18 @@ def save_history(folder, history):
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
+def take(file):
+    """Lock an open file without waiting: False while another process holds it; OSError if locks are unsupported."""
+    try:
+        if fcntl:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+    except (BlockingIOError, PermissionError):  # held: EWOULDBLOCK from flock, EACCES from msvcrt
+        return False
+    return True
+
+
 def lock(folder):
     """Lock a run's folder, making it if need be: one run writes it at a time. Returns the lock, which the operating
     system releases when it is closed or when this process ends, however it ends; ValueError where it cannot."""
@@ -123,15 +135,20 @@ def lock(folder):
     except OSError as e:
         raise ValueError(f'cannot create the output folder {folder}: {e.strerror}') from None
     try:
-        if fcntl:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:
-            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
-    except (BlockingIOError, PermissionError):  # held: EWOULDBLOCK from flock, EACCES from msvcrt
-        raise ValueError(f'another run is writing {folder}; wait until it ends or stop it') from None
+        if not take(lock):
+            raise ValueError(f'another run is writing {folder}; wait until it ends or stop it')
     except OSError as e:  # a file system without locks (some network folders): EOPNOTSUPP, ENOLCK
         print(f'warning: {folder} cannot be locked ({e.strerror}); start no second run on it', file=sys.stderr)
     return lock
+
+
+def training(folder):
+    """Whether a run is writing `folder` now, holding its lock."""
+    try:
+        with open(os.path.join(folder, '.lock'), 'rb') as f:
+            return not take(f)
+    except OSError:  # no lock, or a file system without locks
+        return False
 
 
 def open_run(folder, resume):
