@@ -17,25 +17,23 @@ import runs
 from MNIST_model import Config, build_model, data_load, predict
 
 
-def load_run(folder, device):
+def load_run(folder, device, before=None):
     """A run's best-epoch network, checkpoint and history (None, None, history before a best epoch); ValueError says
-    what is wrong. A run in training may save a new best epoch, and delete the old, while they are read: read again."""
-    before = None
-    while True:
-        try:
-            with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
-                history = json.load(f)
-            model = build_model({**Config.base, **history['hyperparameters']}).to(device)
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again') from None
-        if not history['best_epoch']:
-            return None, None, history
-        try:
-            return model, runs.load_checkpoint(runs.best_checkpoint(folder, history), model), history
-        except ValueError:
-            if history['best_epoch'] == before:
-                raise
-            before = history['best_epoch']
+    what is wrong. A run in training may replace the best checkpoint, of epoch `before`, as it is read: read again."""
+    try:
+        with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
+            history = json.load(f)
+        model = build_model({**Config.base, **history['hyperparameters']}).to(device)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f'{folder}/history.json is missing or damaged; train the setting again') from None
+    if not history['best_epoch']:
+        return None, None, history
+    try:
+        return model, runs.load_checkpoint(runs.best_checkpoint(folder, history), model), history
+    except ValueError:
+        if history['best_epoch'] == before:
+            raise
+        return load_run(folder, device, history['best_epoch'])
 
 
 def trained_runs(names, args, hint=()):

@@ -1,6 +1,7 @@
 """A run on disk: its folder, files written atomically, the folder lock, its checkpoints and the state that
 --resume continues from."""
 
+import contextlib
 import csv
 import glob
 import io
@@ -143,12 +144,10 @@ def lock(folder):
 
 
 def training(folder):
-    """Whether a run is writing `folder` now, holding its lock."""
-    try:
-        with open(os.path.join(folder, '.lock'), 'rb') as f:
-            return not take(f)
-    except OSError:  # no lock, or a file system without locks
-        return False
+    """Whether a run is writing `folder` now, holding its lock (False where there is no lock, or no locking)."""
+    with contextlib.suppress(OSError), open(os.path.join(folder, '.lock'), 'rb') as f:
+        return not take(f)
+    return False
 
 
 def open_run(folder, resume):
