@@ -18,8 +18,9 @@ import runs
 from MNIST_model import Config, build_model, data_load, predict
 
 
-def load_run(folder, device):
-    """A run's best-epoch network, its checkpoint and its history; ValueError says what is wrong."""
+def load_run(folder, device, before=None):
+    """A run's best-epoch network, checkpoint and history (None, None, history before a best epoch); ValueError says
+    what is wrong. A run in training may replace the best checkpoint, of epoch `before`, as it is read: read again."""
     path = os.path.join(folder, 'history.json')
     try:
         with open(path, encoding='utf-8') as f:
@@ -29,26 +30,30 @@ def load_run(folder, device):
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f'{path} is missing or damaged; train the setting again') from None
     if not history['best_epoch']:
-        raise ValueError(f'{folder} holds no checkpoint: its training diverged in its first epoch')
-    return model, runs.load_checkpoint(runs.best_checkpoint(folder, history), model), history
+        return None, None, history
+    try:
+        return model, runs.load_checkpoint(runs.best_checkpoint(folder, history), model), history
+    except ValueError:
+        if history['best_epoch'] == before:
+            raise
+        return load_run(folder, device, history['best_epoch'])
 
 
-def trained_runs(names, out_dir, device, hint=()):
-    """Each trained run of these settings as (name, label, folder, network, checkpoint, history), or None for a run
-    that cannot be loaded, once it is said why; the settings in `hint` that are not trained get a hint how to."""
+def trained_runs(names, args, hint=()):
+    """Each run of these settings as (name, label, folder, loaded): loaded as load_run returns it, or the ValueError
+    that says why it cannot be, once said; the settings in `hint` that are not trained get a hint how to."""
     for name in names:
-        folders = runs.run_folders(out_dir, name)
+        folders = runs.run_folders(args.out_dir, name)
         if not folders and name in hint:
-            print(f'Setting {name}: not trained yet; train it with: python MNIST_train.py --setting {name}')
+            print(f'Setting {name}: not trained yet; train it with: {train_command(args, name)}')
         for folder in folders:
+            seed = '' if folder == runs.run_dir(args.out_dir, name) else f' seed {folder.rsplit("_", 1)[1]}'
             try:
-                model, checkpoint, history = load_run(folder, device)
+                loaded = load_run(folder, args.device)
             except ValueError as e:
                 print(f'Setting {name}: skipped: {e}', file=sys.stderr)
-                yield None
-                continue
-            label = f'Setting {name}' + (f' seed {history["seed"]}' if len(folders) > 1 else '')
-            yield name, label, folder, model, checkpoint, history
+                loaded = e
+            yield name, f'Setting {name}{seed}', folder, loaded
 
 
 def evaluate_run(model, checkpoint, history, x, y):
@@ -58,28 +63,41 @@ def evaluate_run(model, checkpoint, history, x, y):
     return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
 
 
-def unfinished(name, label, folder, history, args):
-    """A sentence for a run that stopped before its last planned epoch, saying how to continue it; else None."""
-    trained, planned = len(history['epochs']), history['hyperparameters']['epochs']
+def train_command(args, name, *options):
+    """The trainer's command for a setting, with this evaluation's data and output folders where not the default."""
+    words = ['python', 'MNIST_train.py', '--setting', str(name), *options]
+    words += ['--data-dir', str(args.data_dir)] if args.data_dir != Config.data_dir else []
+    words += ['--out-dir', str(args.out_dir)] if args.out_dir != Config.out_dir else []
+    return cli.command_line(words)
+
+
+def note(name, label, folder, history, result, row, args):
+    """A line on a run that is unfinished (still training, stopped: how to continue, diverged) or whose `result` its
+    setting's `row` leaves out of the table; else None."""
+    trained, planned, seed = len(history['epochs']), history['hyperparameters']['epochs'], history['seed']
+    state, left_out = f'trained {trained} of {planned} epochs', result and all(result is not r for r in row)
+    left = f'; left out of the table (Setting #{name} there: {report.described(row)})' if left_out else ''
     if 'diverged' in history:
-        best = history['best_epoch']
-        return f'{label}: diverged at epoch {history["diverged"]} of {planned}; its best epoch, {best}, is reported'
+        best = f'; its best epoch, {history["best_epoch"]}, is reported' if result and not left_out else ''
+        return f'{label}: diverged at epoch {history["diverged"]} of {planned}{left}{best}'
     if trained == planned:
-        return None
-    again = ['python', 'MNIST_train.py', '--setting', str(name), '--epochs', str(planned)]
+        return f'{label}: {state}{left}' if left_out else None
+    if runs.training(folder):
+        return f'{label}: still training, {trained} of {planned} epochs done{left}'
+    again = ['--seed', str(seed)] if seed != Config.seed else []
     if folder != runs.run_dir(args.out_dir, name):  # a seed's run: run I of seeds 0..I
-        again += ['--seeds', str(history['seed'] + 1), '--task', str(history['seed'])]
-    again += ['--data-dir', str(args.data_dir)] if args.data_dir != Config.data_dir else []
-    again += ['--out-dir', str(args.out_dir)] if args.out_dir != Config.out_dir else []
-    return f'{label}: trained {trained} of {planned} epochs; continue with: {cli.command_line([*again, "--resume"])}'
+        again = ['--seeds', str(seed + 1), '--task', str(seed)]
+    command = train_command(args, name, '--epochs', str(planned), *again, '--resume')
+    return f'{label}: {state}{left}; continue with: {command}'
 
 
 def own_digits(args):
     """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
-    loaded = [run for run in trained_runs(args.setting or list(Config.settings), args.out_dir, args.device) if run]
+    found = trained_runs(args.setting or list(Config.settings), args)
+    loaded = [(label, *run) for _, label, _, run in found if not isinstance(run, ValueError) and run[0]]
     if not loaded:
-        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 2')
-    _, label, _, model, checkpoint, history = max(loaded, key=lambda run: run[-1]['best_val_accuracy'])
+        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, 2)}')
+    label, model, checkpoint, history = max(loaded, key=lambda run: run[-1]['best_val_accuracy'])
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
 
@@ -115,22 +133,24 @@ def main(argv=None):
         x, y = data_load(args.data_dir, train=False)  # on the CPU, where predict() returns the logits
     except ValueError as err:
         cli.fail(err)
-    rows, notes, skipped = {}, [], 0
-    for run in trained_runs(names, args.out_dir, args.device, hint=asked):
-        if run is None:
-            skipped += 1
+    found, seen, skipped = {}, [], []
+    for name, label, folder, loaded in trained_runs(names, args, hint=asked):
+        if isinstance(loaded, ValueError):
+            skipped.append(f'Setting {name}: skipped: {loaded}')
             continue
-        name, label, folder, *loaded = run
-        result = evaluate_run(*loaded, x, y)
-        print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {100 * result["accuracy"]:.2f}%')
-        rows.setdefault(name, []).append(result)
-        if note := unfinished(name, label, folder, result['history'], args):
-            print(note)
-            notes.append(note)
-    if not rows:
-        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. python MNIST_train.py --setting 1')
+        result = evaluate_run(*loaded, x, y) if loaded[0] else None
+        if result:
+            print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {100 * result["accuracy"]:.2f}%')
+            found.setdefault(name, []).append(result)
+        seen.append((name, label, folder, loaded[2], result))
+    rows = {name: report.row_runs(results) for name, results in found.items()}
+    notes = [line for run in seen if (line := note(*run, rows.get(run[0]), args))]
+    for line in notes:
+        print(line)
+    if not found:
+        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, 1)}')
     with atomic.together():  # the report and its pictures, the previous ones or these, whole
-        report.write_report(rows, notes, x, y, args.out_dir, Config)
+        report.write_report(rows, skipped + notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
     return 1 if skipped else 0
 

@@ -2,6 +2,8 @@
 additional experiments and the weight-decay sweep, and their pictures: validation accuracy, learning curves, the
 confusion matrix and the most confident mistakes."""
 
+import itertools
+import json
 import os
 import statistics
 
@@ -20,26 +22,47 @@ def mean_std(values, fmt):
     return f'{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}'
 
 
+def trained_as(results):
+    """What two rows must share to be compared: epochs planned and trained, the epoch of divergence, the seeds."""
+    h = results[0]['history']
+    return h['hyperparameters']['epochs'], len(h['epochs']), h.get('diverged'), [r['history']['seed'] for r in results]
+
+
+def described(results):
+    """How runs trained, in words: '2 of 3 epochs, seeds 0, 1'."""
+    planned, trained, diverged, seeds = trained_as(results)
+    epochs = f'{trained} of {planned} epochs' + (f', diverged at epoch {diverged}' if diverged else '')
+    return f'{epochs}, seed{"s" if len(seeds) > 1 else ""} {", ".join(map(str, seeds))}'
+
+
+def row_runs(results):
+    """The runs of a setting that its row averages, all trained alike: finished ones first, then most, then longest."""
+    alike = {}
+    for r in results:
+        alike.setdefault((json.dumps(hyper([r]), sort_keys=True), *trained_as([r])[:3]), []).append(r)
+    return max(alike.values(), key=lambda g: (hyper(g)['epochs'] == trained_as(g)[1], len(g), trained_as(g)[1]))
+
+
 def table_row(results):
-    """The assignment's twelve columns for one setting (mean ± std over seeds where there are several). A run that
-    stopped before its last planned epoch shows the epochs it trained, of those planned."""
+    """The assignment's twelve columns for one setting's runs, trained alike: mean ± std over seeds and how many,
+    where there are several; for runs that stopped early, the epochs they trained of those planned."""
     h = results[0]['history']['hyperparameters']
-    times = [100 * r['history']['training_time'] / len(r['history']['epochs']) for r in results]
-    trained = sorted({len(r['history']['epochs']) for r in results})
-    span = str(trained[0]) if len(trained) == 1 else f'{trained[0]}-{trained[-1]}'
+    trained, seeds = len(results[0]['history']['epochs']), len(results)
+    times = mean_std([100 * r['history']['training_time'] / trained for r in results], '{:.1f} s')
     return {
         'Batch_size': h['batch_size'],
         'Activation function': NAMES.get(h['activation'], h['activation'].capitalize()),
         '# of layers': h['layers'],
         'Layer size': h['width'],
-        'Epoch': h['epochs'] if trained == [h['epochs']] else f'{span} of {h["epochs"]}',
+        'Epoch': h['epochs'] if trained == h['epochs'] else f'{trained} of {h["epochs"]}',
         'Weight initialization': h['init'].capitalize(),
         'Optimizer': h['optimizer'],
         'Learning rate': f'{h["lr"]:g}',
         'Weight decay': f'{h["weight_decay"]:g}',
-        '100 epoch training time': mean_std(times, '{:.1f} s') + ('' if trained == [100] else f' (from {span} epochs)'),
+        '100 epoch training time': times + ('' if trained == 100 else f' (from {trained} epochs)'),
         'Early stopping epoch': mean_std([r['epoch'] for r in results], '{:.0f}'),
-        'Accuracy': mean_std([100 * r['accuracy'] for r in results], '{:.2f}%'),
+        'Accuracy': mean_std([100 * r['accuracy'] for r in results], '{:.2f}%')
+        + (f' ({seeds} seeds)' if seeds > 1 else ''),
     }
 
 
@@ -58,50 +81,49 @@ def markdown_table(rows, corner=''):
 
 def weight_decay_sweep(rows, out_dir, config):
     """The sweep's plot and report section: test accuracy per optimizer and lambda, mean ± std over seeds."""
-    acc = {}  # optimizer -> {lambda: [test accuracy % of each seed]}
+    found = {}  # optimizer -> {lambda: the runs of its row}
     for name in (n for n in config.groups['wd'] if n in rows):
-        h = rows[name][0]['history']['hyperparameters']
-        acc.setdefault(h['optimizer'], {})[h['weight_decay']] = [100 * r['accuracy'] for r in rows[name]]
+        found.setdefault(hyper(rows[name])['optimizer'], {})[hyper(rows[name])['weight_decay']] = rows[name]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for optimizer, points in acc.items():
-        means = [statistics.mean(a) for a in points.values()]
-        stds = [statistics.stdev(a) if len(a) > 1 else 0 for a in points.values()]
+    for optimizer, points in found.items():
+        acc = [[100 * r['accuracy'] for r in results] for results in points.values()]
+        stds = [statistics.stdev(a) if len(a) > 1 else 0 for a in acc]
         label = optimizer + (' (decoupled decay)' if optimizer == 'AdamW' else ' (L2)')
-        ax.errorbar(list(points), means, yerr=stds, capsize=3, marker='o', label=label)
+        ax.errorbar(list(points), list(map(statistics.mean, acc)), yerr=stds, capsize=3, marker='o', label=label)
     ax.set_xscale('symlog', linthresh=1e-5)  # a log axis that also shows lambda = 0
     ax.set(title='Weight decay sweep (mean ± std over seeds)', xlabel='weight decay λ', ylabel='test accuracy (%)')
     ax.grid(alpha=0.3)
     ax.legend()
     pictures.save_figure(fig, os.path.join(out_dir, 'weight_decay.png'))
     table = {
-        f'{lam:g}': {opt: mean_std(p[lam], '{:.2f}%') if lam in p else '' for opt, p in acc.items()}
-        for lam in sorted({lam for points in acc.values() for lam in points})
+        f'{lam:g}': {opt: table_row(p[lam])['Accuracy'] if lam in p else '' for opt, p in found.items()}
+        for lam in sorted({lam for points in found.values() for lam in points})
     }
     plot = '![Weight decay sweep](weight_decay.png)'
     return f'## Weight decay sweep (test accuracy)\n\n{markdown_table(table, corner="λ")}\n\n{plot}\n\n'
 
 
 def write_report(rows, notes, x, y, out_dir, config):
-    """report.md and report.csv with the assignment's columns, and their pictures; `notes` name the runs that
-    stopped before their last planned epoch."""
+    """report.md and report.csv with the assignment's columns, and their pictures; `rows` holds each setting's runs
+    that trained alike, and `notes` name the runs left out of them or not finished."""
     table = {n: table_row(r) for n, r in rows.items()}
     assignment = {f'Setting #{n}': table[n] for n in rows if n in config.groups['all']}
     extra = {
-        f'Setting #{n}': {'Differs from Setting #2': differences(r[0]['history']['hyperparameters'], config)} | table[n]
+        f'Setting #{n}': {'Differs from Setting #2': differences(hyper(r), config)} | table[n]
         for n, r in rows.items()
         if n not in config.groups['all'] + config.groups['wd']
     }
-    best = max(rows, key=lambda n: accuracy(rows[n]))
+    best, claims = summary(rows, config)
     title = f'Setting #{best}' + (f' seed {rows[best][0]["history"]["seed"]}' if len(rows[best]) > 1 else '')
     body = '# MNIST 4-layer perceptron: evaluation report\n\n'
     if assignment:
         plot = '![Validation accuracy](val_accuracy.png)'
         body += f'{markdown_table(assignment)}\n\n**Validation dataset accuracy plot**\n\n{plot}\n\n'
     if notes:
-        body += '**Runs that stopped before their last planned epoch**\n\n' + ''.join(f'- {n}\n' for n in notes) + '\n'
+        body += '**Runs not finished or left out of the table**\n\n' + ''.join(f'- {n}\n' for n in notes) + '\n'
     curves = '![Training and validation loss](learning_curves.png)'
-    body += f'## Summary of results\n\n{summary(rows, config)}\n\n**Learning curves**\n\n{curves}\n\n'
-    body += f'**Where the best setting, {title}, goes wrong on the test split**\n\n'
+    body += f'## Summary of results\n\n{claims}\n\n**Learning curves**\n\n{curves}\n\n'
+    body += f'**Where {title} goes wrong on the test split**\n\n'
     body += '![Confusion matrix](confusion_matrix.png)\n\n![Most confident mistakes](mistakes.png)\n\n'
     if extra:
         body += f'## Additional experiments\n\n{markdown_table(extra)}\n\n'
@@ -121,115 +143,109 @@ def write_report(rows, notes, x, y, out_dir, config):
     pictures.plot_mistakes(rows[best][0], x, y, title, out_dir)
 
 
+def hyper(results):
+    return results[0]['history']['hyperparameters']
+
+
 def accuracy(results):
-    return statistics.mean(100 * r['accuracy'] for r in results)
+    """A row's mean test accuracy in percent, rounded as the table writes it."""
+    return round(statistics.mean(100 * r['accuracy'] for r in results), 2)
 
 
 def points(a, b):
     return f'{abs(a - b):.2f} point' + ('' if f'{abs(a - b):.2f}' == '1.00' else 's')
 
 
-def summary(rows, config):
-    """The results summary, the sheet's "[결과 정리]": only the sentences that the runs in `rows` support, every
-    figure taken from them (accuracies and best epochs as the table writes them; losses of each setting's first
-    seed, whose curves learning_curves.png shows)."""
-    acc = {n: accuracy(rows[n]) for n in rows}
-    compared = [n for n in rows if n in config.groups['all']] or [n for n in rows if n not in config.groups['wd']]
-    compared = compared or [max(rows, key=acc.get)]  # the sweep alone: its best setting, and the sweep's sentence
-    hyper = {n: rows[n][0]['history']['hyperparameters'] for n in rows}
-    epochs = {n: rows[n][0]['history']['epochs'] for n in rows}
-    ranked = sorted(compared, key=acc.get, reverse=True)
-    best, text = ranked[0], []
+def alike(names, rows):
+    """The settings that trained as most of these did (then the longest), to compare, and a line on each other."""
+    plans = [trained_as(rows[n]) for n in names]
+    common = max(plans, key=lambda p: (plans.count(p), p[1], len(p[3])))
+    kept = [n for n, p in zip(names, plans) if p == common]
+    refused = f'is not compared with {", ".join(f"#{n}" for n in kept)} ({described(rows[kept[0]])})'
+    return kept, [f'Setting #{n} ({described(rows[n])}) {refused}' for n, p in zip(names, plans) if p != common]
+
+
+def lead(names, rows, form='Setting #{name}', ref=None):
+    """The best of these settings, written as `form`, and its margin over `ref` (else the next best), or the tie."""
+    ranked = sorted(names, key=lambda n: accuracy(rows[n]), reverse=True)
+    best, a = ranked[0], accuracy(rows[ranked[0]])
     if len(ranked) == 1:
-        text.append(f'Setting #{best} reached {acc[best]:.2f}% test accuracy.')
-    else:
-        text.append(
-            f'Setting #{best} scored best, {acc[best]:.2f}% test accuracy, {points(acc[best], acc[ranked[1]])} '
-            f'ahead of Setting #{ranked[1]} ({acc[ranked[1]]:.2f}%).'
-        )
-    by_decay = {}  # optimizers compared at equal weight decay
-    for n in compared:
-        by_decay.setdefault(hyper[n]['weight_decay'], {})[hyper[n]['optimizer']] = n
+        return f'{form.format(name=best, **hyper(rows[best]))} reached {a:.2f}%'
+    other = ranked[1] if ref in (None, best) or accuracy(rows[ranked[1]]) == a else ref
+    b, (x, y) = accuracy(rows[other]), (form.format(name=n, **hyper(rows[n])) for n in (best, other))
+    if a == b:
+        return f'{x} and {y} tied at {a:.2f}%'
+    return f'{x} beat {y} by {points(a, b)}' if len(names) == 2 else f'{x} led with {a:.2f}%, {points(a, b)} above {y}'
 
-    def without_decay(n):  # the setting trained as n, but without weight decay
-        same = {**hyper[n], 'weight_decay': 0.0, 'epochs': None}
-        return next((m for m in rows if {**hyper[m], 'epochs': None} == same), None)
 
-    optimizers = []
-    for lam, found in by_decay.items():
-        if len(found) == 2:
-            (a, n), (b, m) = sorted(found.items(), key=lambda item: acc[item[1]], reverse=True)
-            context = f'with weight decay {lam:g}' if lam else 'without weight decay'
-            optimizers.append(f'{context}, {a} beat {b} by {points(acc[n], acc[m])} (#{n} against #{m})')
-    if optimizers:
-        sentence = '; '.join(optimizers)
-        text.append(sentence[0].upper() + sentence[1:] + '.')
-    decay, fits, effects = [], [], set()  # effects: (decay raised the accuracy, decay raised the final loss)
-    for n in compared:
-        if hyper[n]['weight_decay'] and (m := without_decay(n)) is not None:
-            optimizer, lam = hyper[n]['optimizer'], hyper[n]['weight_decay']
-            loss = epochs[n][-1]['train_loss'], epochs[m][-1]['train_loss']
-            effects.add((acc[n] > acc[m], loss[0] > loss[1]))
-            change = 'raised' if acc[n] > acc[m] else 'lowered'
-            decay.append(f'{change} the test accuracy of {optimizer} by {points(acc[n], acc[m])} (λ = {lam:g}, #{n})')
-            fits.append(f'{loss[0]:.2g} with it against {loss[1]:.2g} without ({optimizer})')
-    if decay:
-        verdict = {
-            frozenset([(True, True)]): ': it traded fit on the training images for accuracy on new ones',
-            frozenset([(False, True)]): ': at this strength it held the network back from fitting, underfitting',
-        }.get(frozenset(effects), '')
-        text.append(
-            f'Weight decay {" and ".join(decay)}; the training loss at the last epoch was {" and ".join(fits)}'
-            f'{verdict}.'
-        )
-    rose, flat = [], []
-    for n in compared:
-        low, last = min(epochs[n], key=lambda e: e['val_loss']), epochs[n][-1]
-        if last['val_loss'] > 1.1 * low['val_loss'] and last['train_loss'] < low['train_loss']:
-            rose.append(
-                f'#{n} from {low["val_loss"]:.3f} at epoch {low["epoch"]} to {last["val_loss"]:.3f} at epoch '
-                f'{last["epoch"]}, its training loss falling to {last["train_loss"]:.2g}'
-            )
-        else:
-            flat.append(f'#{n}')
-    stops = ', '.join(
-        f'#{n}: {mean_std([r["epoch"] for r in rows[n]], "{:.0f}")} of {len(epochs[n])}' for n in compared
-    )
-    sentence = f'The best validation epochs fell at {stops}.'
-    if rose:
-        sentence += (
-            f' Training on, the validation loss rose ({"; ".join(rose)}): the network overfitted, the picture of '
-            'early stopping, although validation accuracy, which chooses the checkpoint here, kept its plateau.'
-        )
-        sentence += f' The validation loss of {" and ".join(flat)} stayed within 10% of its lowest.' if flat else ''
-    text.append(sentence)
-    spread = {n: statistics.stdev(100 * r['accuracy'] for r in rows[n]) for n in compared if len(rows[n]) > 1}
-    if len(ranked) > 1 and spread:
-        margin, noise = acc[best] - acc[ranked[1]], max(spread.values())
-        text.append(
-            f'Over {max(len(rows[n]) for n in compared)} seeds, the {points(acc[best], acc[ranked[1]])} margin of '
-            f'#{best} over #{ranked[1]} is {"larger than" if margin > noise else "within"} the seed-to-seed spread '
-            f'(a standard deviation of up to {noise:.2f} points).'
-        )
-    elif len(ranked) > 1:
-        text.append(
-            'Each setting is a single run, so margins of a few tenths of a point cannot be told from chance; '
-            '`--seeds 3` measures the spread.'
-        )
-    extra = [n for n in rows if n not in config.groups['all'] + config.groups['wd']]
-    if extra and extra != compared:  # else the first sentence has named the best of them
-        top = max(extra, key=acc.get)
-        what = differences(hyper[top], config)
-        text.append(f'Of the additional experiments, Setting #{top} ({what}) scored best, {acc[top]:.2f}%.')
-    sweep = {}  # optimizer: the sweep's setting that scored best with it
-    for n in (n for n in config.groups['wd'] if n in rows):
-        if acc[n] > acc.get(sweep.get(hyper[n]['optimizer']), -1):
-            sweep[hyper[n]['optimizer']] = n
-    found = []
-    for optimizer, n in sweep.items():
-        m = without_decay(n) if hyper[n]['weight_decay'] else None
-        versus = f', {points(acc[n], acc[m])} {"above" if acc[n] > acc[m] else "below"} λ = 0' if m else ''
-        found.append(f'{hyper[n]["weight_decay"]:g} for {optimizer} ({acc[n]:.2f}%{versus})')
-    if found:
-        text.append(f'In the weight-decay sweep, the best λ was {", ".join(found)}.')
-    return ' '.join(text)
+def versus(names, rows, keys, context, form):
+    """A line on each group of these settings that differ in `keys` only: its best against its first."""
+    groups = {}
+    for n in names:
+        rest = {k: v for k, v in hyper(rows[n]).items() if k not in keys}
+        groups.setdefault(json.dumps(rest, sort_keys=True), []).append(n)
+    return [
+        f'{context.format(**hyper(rows[g[0]]))}, {lead(g, rows, form, g[0])}' for g in groups.values() if len(g) > 1
+    ]
+
+
+def weight_decay(names, rows):
+    """What weight decay did to the test accuracy where two settings differ in it only, one without; underfitting
+    where it lowered the accuracy and raised the last epoch's training loss (mean over seeds)."""
+    lines = []
+    for n, m in itertools.permutations(names, 2):
+        h, h0 = hyper(rows[n]), hyper(rows[m])
+        if {k for k in h if h[k] != h0[k]} == {'weight_decay'} and not h0['weight_decay']:
+            a, b = accuracy(rows[n]), accuracy(rows[m])
+            loss = [f'{statistics.mean(r["history"]["epochs"][-1]["train_loss"] for r in rows[k]):.2g}' for k in (n, m)]
+            score = f'scored {points(a, b)} {"above" if a > b else "below"}' if a != b else f'tied at {a:.2f}% with'
+            under = f', with a final training loss of {loss[0]} against {loss[1]}: underfitting'
+            under = under if a < b and float(loss[0]) > float(loss[1]) else ''
+            lines.append(f'With {h["optimizer"]}, λ = {h["weight_decay"]:g} (#{n}) {score} λ = 0 (#{m}){under}')
+    return lines
+
+
+def overfitting(names, rows):
+    """The settings whose every run ended with the validation loss 10% above its lowest, the training loss lower."""
+
+    def overfitted(epochs):
+        low = min(epochs, key=lambda e: e['val_loss'])
+        return epochs[-1]['val_loss'] > 1.1 * low['val_loss'] and epochs[-1]['train_loss'] < low['train_loss']
+
+    found = ', '.join(f'#{n}' for n in names if all(overfitted(r['history']['epochs']) for r in rows[n]))
+    return [f'The validation loss rose while the training loss fell, overfitting, in {found}'] if found else []
+
+
+def spread(names, rows):
+    """Whether the lead of the best setting over the next is more than the spread between seeds."""
+    ranked = sorted(names, key=lambda n: accuracy(rows[n]), reverse=True)
+    if len(ranked) < 2 or accuracy(rows[ranked[0]]) == accuracy(rows[ranked[1]]):
+        return []
+    (n, a), (m, b) = ((k, accuracy(rows[k])) for k in ranked[:2])
+    lead = f'the lead of #{n} over #{m}, {points(a, b)},'
+    if len(rows[n]) == 1:
+        return [f'In single runs, {lead} may be chance; `--seeds 3` measures the spread'] if a - b < 1 else []
+    sd = max(round(statistics.stdev(100 * r['accuracy'] for r in rows[k]), 2) for k in (n, m))
+    within = 'within' if round(a - b, 2) <= sd else 'more than'
+    return [f'Over {len(rows[n])} seeds, {lead} is {within} the spread between them (± up to {sd:.2f}%)']
+
+
+def summary(rows, config):
+    """The best setting and the results summary, the sheet's "[결과 정리]": a claim a line where the runs show it,
+    comparing settings that trained alike and differ in what the line names, naming those it cannot compare."""
+    four, wd = config.groups['all'], config.groups['wd']
+    extras = [n for n in rows if n not in four + wd]
+    main, sweep, lines = [n for n in rows if n in four] or extras, [n for n in wd if n in rows], []
+    if main:
+        main, refused = alike(main, rows)
+        optimizers = versus(main, rows, {'optimizer', 'lr'}, 'At λ = {weight_decay:g}', '{optimizer} (#{name})')
+        lines += [lead(main, rows), *optimizers, *weight_decay(main, rows), *overfitting(main, rows)]
+        lines += [*spread(main, rows), *refused]
+    if extras and main[0] in four:
+        kept, refused = alike(extras, rows)
+        lines += [f'Of the additional experiments, {lead(kept, rows)}', *refused]
+    if sweep:
+        kept, refused = alike(sweep, rows)
+        context = 'In the weight-decay sweep with {optimizer}'
+        lines += [*versus(kept, rows, {'weight_decay'}, context, 'λ = {weight_decay:g}'), *refused]
+    return max(main or rows, key=lambda n: accuracy(rows[n])), '\n'.join(f'- {line}.' for line in lines)

@@ -61,6 +61,18 @@ def save_history(folder, history):
     save_atomic(os.path.join(folder, 'history.json'), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
+def take(file):
+    """Lock an open file without waiting: False while another process holds it; OSError if locks are unsupported."""
+    try:
+        if fcntl:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+    except (BlockingIOError, PermissionError):  # held: EWOULDBLOCK from flock, EACCES from msvcrt
+        return False
+    return True
+
+
 def lock(folder):
     """Lock a run's folder, making it if need be: one run writes it at a time. Returns the lock, which the operating
     system releases when it is closed or when this process ends, however it ends; ValueError where it cannot."""
@@ -70,16 +82,19 @@ def lock(folder):
     except OSError as e:
         raise ValueError(f'cannot create the output folder {folder}: {e.strerror}') from None
     try:
-        if fcntl:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:
-            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
-    except (BlockingIOError, PermissionError):  # held: EWOULDBLOCK from flock, EACCES from msvcrt
-        lock.close()
-        raise ValueError(f'another run is writing {folder}; wait until it ends or stop it') from None
+        if not take(lock):
+            lock.close()
+            raise ValueError(f'another run is writing {folder}; wait until it ends or stop it')
     except OSError as e:  # a file system without locks (some network folders): EOPNOTSUPP, ENOLCK
         print(f'warning: {folder} cannot be locked ({e.strerror}); start no second run on it', file=sys.stderr)
     return lock
+
+
+def training(folder):
+    """Whether a run is writing `folder` now, holding its lock (False where there is no lock, or no locking)."""
+    with contextlib.suppress(OSError), open(os.path.join(folder, '.lock'), 'rb') as f:
+        return not take(f)
+    return False
 
 
 def open_run(setting, folder, resume=False, force=False):
@@ -95,7 +110,7 @@ def open_run(setting, folder, resume=False, force=False):
         problem = f'{setting} holds a run without --seeds; to train seeds, pass --force (without --task)'
     elif results(folder) and not resume and not force:
         problem = f'{folder} already holds results; pass --resume to continue them or --force to start over'
-    elif os.path.exists(history) and not os.path.exists(last) and not force:
+    elif finished(history) and not os.path.exists(last) and not force:
         problem = f'{last} is missing; train the run again with --force, or evaluate it as it is'
     else:
         for path in results(folder) if force else []:
@@ -103,6 +118,15 @@ def open_run(setting, folder, resume=False, force=False):
         return held
     held.close()
     raise ValueError(problem)
+
+
+def finished(history):
+    """Whether a run's history file lists a finished epoch (the one written as a run starts lists none)."""
+    try:
+        with open(history, encoding='utf-8') as f:
+            return bool(json.load(f)['epochs'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return os.path.exists(history)
 
 
 def start_over(folder):

@@ -4,11 +4,15 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
-from tests.conftest import ROOT, script_env
+import pytest
+
+from tests.conftest import ROOT, posix_signals, script_env
 from tests.test_reliability import assert_clean_error, ctrl_c_at_epoch
 
 
@@ -42,9 +46,11 @@ def test_a_stopped_run_is_reported_with_the_epochs_it_trained_and_how_to_continu
     evaluated = run_main('MNIST_evaluation.py')
     assert evaluated.returncode == 0, evaluated.stderr
     (line,) = [line for line in evaluated.stdout.splitlines() if 'trained 1 of 3 epochs' in line]
-    assert line.startswith('Setting 2 seed 1: trained 1 of 3 epochs; continue with: python MNIST_train.py --setting 2')
-    row = report_rows(tmp_path / 'out')['2']
-    assert row['Epoch'] == '1-3 of 3' and row['100 epoch training time'].endswith(' s (from 1-3 epochs)')
+    left = 'left out of the table (Setting #2 there: 3 of 3 epochs, seed 0)'
+    assert line.startswith(f'Setting 2 seed 1: trained 1 of 3 epochs; {left}; continue with: python MNIST_train.py')
+    row = report_rows(tmp_path / 'out')['2']  # seed 0 alone: its 3 epochs are not averaged with seed 1's 1
+    assert row['Epoch'] == '3' and row['100 epoch training time'].endswith(' s (from 3 epochs)')
+    assert '±' not in row['Accuracy'] and 'seeds' not in row['Accuracy']
     assert f'- {line}' in (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
     command = line.split('continue with: ')[1]  # as printed, through a shell
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']
@@ -74,28 +80,9 @@ def test_only_the_files_the_project_wrote_count(run_main, tmp_path):
 
 
 def summary_of(out):
-    return (out / 'report.md').read_text(encoding='utf-8').split('## Summary of results\n\n')[1].split('\n')[0]
-
-
-def made_up(name, accuracy, final_train_loss):
-    """A setting's result as the evaluation hands it to the report: one seed, 10 epochs, its best at epoch 6."""
-    from MNIST_model import setting
-
-    losses = [dict(epoch=e, train_loss=final_train_loss * (11 - e), val_loss=0.1) for e in range(1, 11)]
-    history = {'hyperparameters': {**setting(name), 'epochs': 10}, 'epochs': losses, 'seed': 0, 'best_epoch': 6}
-    return [{'accuracy': accuracy, 'epoch': 6, 'history': history}]
-
-
-def test_the_summary_says_where_weight_decay_helps_and_where_it_hurts():
-    import report
-    from MNIST_model import Config
-
-    rows = {2: made_up(2, 0.9787, 1e-4), 4: made_up(4, 0.9720, 0.09), 'Adam-0.001': made_up('Adam-0.001', 0.9801, 0.01)}
-    text = report.summary(rows, Config)
-    assert 'lowered the test accuracy of Adam by 0.67 points (λ = 0.01, #4)' in text  # hurts
-    assert 'the best λ was 0.001 for Adam (98.01%, 0.14 points above λ = 0)' in text  # helps
-    assert 'held the network back from fitting, underfitting' in text and 'Adadelta' not in text
-    assert set(re.findall(r'\d+\.\d\d%', text)) <= {'97.87%', '97.20%', '98.01%'}
+    """The summary's claims in report.md, one a line."""
+    text = (out / 'report.md').read_text(encoding='utf-8').split('## Summary of results\n\n')[1].split('\n\n')[0]
+    return [line.removeprefix('- ').removesuffix('.') for line in text.splitlines()]
 
 
 def test_the_summary_and_learning_curves_of_real_runs(run_main, tmp_path):
@@ -104,25 +91,134 @@ def test_the_summary_and_learning_curves_of_real_runs(run_main, tmp_path):
     assert run_main('MNIST_evaluation.py').returncode == 0
     out = tmp_path / 'out'
     accuracy = {name: row['Accuracy'] for name, row in report_rows(out).items()}
-    text = summary_of(out)
-    assert set(re.findall(r'\d+\.\d\d%', text)) <= set(accuracy.values())  # every figure is the table's
+    lines = summary_of(out)
+    assert set(re.findall(r'\d+\.\d\d%', ' '.join(lines))) <= set(accuracy.values())  # every figure is the table's
     a = {name: float(value[:-1]) for name, value in accuracy.items()}
-    change = 'raised' if a['4'] > a['2'] else 'lowered'
-    assert f'{change} the test accuracy of Adam by {abs(a["4"] - a["2"]):.2f} point' in text
-    direction = 'above' if a['Adam-0.001'] > a['2'] else 'below'
-    assert f'0.001 for Adam ({accuracy["Adam-0.001"]}, {abs(a["Adam-0.001"] - a["2"]):.2f} point' in text
-    assert f'{direction} λ = 0' in text and 'Each setting is a single run' in text
-    assert '](learning_curves.png)' in (out / 'report.md').read_text(encoding='utf-8')
-    assert (out / 'learning_curves.png').stat().st_size > 0
+    best = '4' if a['4'] > a['2'] else '2'
+    assert lines[0].startswith(f'Setting #{best} ')
+    same = a['4'] == a['2']
+    decay = 'With Adam, λ = 0.01 (#4) '
+    decay += f'tied at {accuracy["2"]} with λ = 0 (#2)' if same else f'scored {abs(a["4"] - a["2"]):.2f} point'
+    assert any(line.startswith(decay) for line in lines), lines
+    assert not any('sweep' in line for line in lines)  # one λ of the sweep: nothing to compare it with
+    report = (out / 'report.md').read_text(encoding='utf-8')
+    assert f'**Where Setting #{best} goes wrong on the test split**' in report  # the summary's best
+    assert '](learning_curves.png)' in report and (out / 'learning_curves.png').stat().st_size > 0
 
 
 def test_the_summary_compares_only_what_was_trained(run_main, tmp_path):
     assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--seeds', '2').returncode == 0
     assert run_main('MNIST_evaluation.py').returncode == 0
-    alone = summary_of(tmp_path / 'out')
-    assert alone.startswith('Setting #2 reached ') and not {'beat', 'ahead', 'seeds', 'single'} & set(alone.split())
+    cell = report_rows(tmp_path / 'out')['2']['Accuracy']
+    assert cell.endswith(' (2 seeds)') and summary_of(tmp_path / 'out') == [f'Setting #2 reached {cell.split()[0]}']
     assert run_main('MNIST_train.py', '--setting', '1', '--epochs', '2', '--seeds', '2').returncode == 0
     assert run_main('MNIST_evaluation.py').returncode == 0
     both = summary_of(tmp_path / 'out')
-    assert 'Adam beat Adadelta' in both or 'Adadelta beat Adam' in both
-    assert 'Over 2 seeds, the ' in both and 'the seed-to-seed spread' in both
+    a = {name: float(row['Accuracy'].split('%')[0]) for name, row in report_rows(tmp_path / 'out').items()}
+    assert both[1].startswith('At λ = 0, ') and (' tied at ' in both[1]) == (a['1'] == a['2'])
+    assert (a['1'] == a['2']) != both[-1].startswith('Over 2 seeds, the lead of #')
+
+
+def test_seeds_of_other_epochs_are_left_out_of_the_row_and_named(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1').returncode == 0
+    assert (
+        run_main(
+            'MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '3', '--task', '1', '--resume'
+        ).returncode
+        == 0
+    )
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0, evaluated.stderr
+    line = 'Setting 2 seed 0: trained 1 of 1 epochs; left out of the table (Setting #2 there: 3 of 3 epochs, seed 1)'
+    assert line in evaluated.stdout.splitlines()
+    assert f'- {line}\n' in (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
+    row = report_rows(tmp_path / 'out')['2']
+    assert row['Epoch'] == '3' and '±' not in row['Accuracy'] and 'seeds' not in row['Accuracy']
+
+
+def test_a_seed_stopped_in_its_first_epoch_is_named_with_the_command_that_continues_it(run_main, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        ctrl_c_at_epoch(3, patch)  # seed 1, in its first epoch
+        assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '2').returncode == 130
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0, evaluated.stderr
+    (line,) = [line for line in evaluated.stdout.splitlines() if line.startswith('Setting 2 seed 1: ')]
+    command = 'python MNIST_train.py --setting 2 --epochs 2 --seeds 2 --task 1'
+    assert line.startswith(f'Setting 2 seed 1: trained 0 of 2 epochs; continue with: {command}')
+    assert f'- {line}\n' in (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
+    assert '±' not in report_rows(tmp_path / 'out')['2']['Accuracy']
+    assert run_main(*shlex.split(line.split('continue with: ')[1])[1:]).returncode == 0  # the command as printed
+    evaluated = run_main('MNIST_evaluation.py')
+    assert 'continue with' not in evaluated.stdout and report_rows(tmp_path / 'out')['2']['Accuracy'].endswith(
+        '(2 seeds)'
+    )
+
+
+def test_a_run_whose_lock_is_held_is_still_training_and_is_read_beside_its_training(run_main, tmp_path, monkeypatch):
+    import runs
+
+    with monkeypatch.context() as patch:
+        ctrl_c_at_epoch(2, patch)
+        assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '3').returncode == 130
+    folder = tmp_path / 'out' / 'setting_2'
+    held = runs.lock(str(folder))  # as its trainer holds it
+    try:
+        evaluated = run_main('MNIST_evaluation.py')
+    finally:
+        held.close()
+    assert 'Setting 2: still training, 1 of 3 epochs done' in evaluated.stdout.splitlines()
+    assert 'continue with' not in evaluated.stdout
+    real_load, trained = json.load, []
+
+    def load_then_train_on(f):  # the trainer saves a new best epoch between the readings of history and checkpoint
+        history = real_load(f)
+        if not trained:
+            trained.append(new_best_epoch(folder, history))
+        return history
+
+    monkeypatch.setattr(json, 'load', load_then_train_on)
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0 and evaluated.stderr == '', evaluated.stderr
+    assert 'Setting 2: accuracy of the 2 epoch trained model' in evaluated.stdout
+
+
+def new_best_epoch(folder, history):
+    """What the trainer writes after an epoch that validates best, in its order: the new best checkpoint, the history
+    that names it, then the deletion of the old one."""
+    import torch
+
+    import runs
+
+    old = folder / f'epoch_{history["best_epoch"]}.pth'
+    runs.save_torch(str(folder / 'epoch_2.pth'), torch.load(old, weights_only=True) | {'epoch': 2})
+    epochs = [*history['epochs'], {**history['epochs'][-1], 'epoch': 2}]
+    runs.save_history(str(folder), {**history, 'epochs': epochs, 'best_epoch': 2})
+    old.unlink()
+
+
+@pytest.mark.slow
+@posix_signals
+def test_the_commands_printed_continue_the_run_through_a_shell(big_data, tmp_path, run_main):
+    """The trainer's command after Ctrl-C and the report's, for a run of --seed 5 in a folder with a space and
+    brackets, each run as printed through a shell."""
+    out = tmp_path / 'runs [v2]' / 'a b'
+    args = [*'--setting 2 --seed 5 --epochs 4 --device cpu --data-dir'.split(), str(big_data), '--out-dir', str(out)]
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding='utf-8', env=script_env())
+    for line in proc.stdout:
+        if 'epoch   1/4' in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    trainer = err.strip().split('Continue with: ')[1]
+    evaluated = run_main('MNIST_evaluation.py', data=big_data, out=out)
+    (note,) = [line for line in evaluated.stdout.splitlines() if 'continue with: ' in line]
+    evaluation = note.split('continue with: ')[1]
+    assert '--seed 5' in trainer and '--seed 5' in evaluation
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']  # `python` is this test's Python
+    for command in (evaluation, trainer):  # the first ends the run, the second finds it ended
+        done = subprocess.run(command, shell=True, cwd=ROOT, env=script_env(PATH=path), capture_output=True)
+        assert done.returncode == 0, done.stderr
+    history = json.loads((out / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
+    assert len(history['epochs']) == 4 and history['seed'] == 5
