@@ -1,5 +1,4 @@
-"""Your own digits: image files read and normalised as MNIST's digits were, what the network reads in them (printed,
-as a picture and a CSV), and a window to draw digits in with the mouse."""
+"""Your own digits: images of digits made to look like MNIST's, and what the network reads in them."""
 
 import os
 import sys

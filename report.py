@@ -1,6 +1,4 @@
-"""The evaluation report: the assignment's twelve columns (report.md, report.csv), the summary of results, the
-additional experiments and the weight-decay sweep, and their pictures: validation accuracy, learning curves, the
-confusion matrix and the most confident mistakes."""
+"""The evaluation report, report.md and report.csv: the assignment's twelve columns and what its runs show."""
 
 import itertools
 import json
