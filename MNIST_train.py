@@ -165,20 +165,18 @@ def main(argv=None):
         if args.task >= len(trainings):
             p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
         trainings = trainings[args.task : args.task + 1]
+    training_data(args.data_dir, args.device)  # read once, before any folder is touched; forked workers share it
     settings = {name: runs.run_dir(args.out_dir, name) for name, _, _ in trainings}
     with contextlib.ExitStack() as locks:  # each folder's lock, released however this ends
         try:
             if args.force and (args.task is None or len(seeds) == 1):  # the command trains its settings whole
-                for setting_dir in settings.values():
-                    runs.start_over(setting_dir)
+                runs.start_over(*settings.values())
             for name, _, folder in trainings:
                 locks.enter_context(runs.open_run(settings[name], folder, args.resume, args.force))
         except ValueError as e:
             cli.fail(e)
         train_one = functools.partial(train_setting, args=args)
-        load_data = functools.partial(training_data, args.data_dir, args.device)
-        check_data = functools.partial(training_data, args.data_dir, torch.device('cpu'))
-        return 0 if cli.run_all(train_one, trainings, args.jobs, args.device, load_data, check_data) else 1
+        return 0 if cli.run_all(train_one, trainings, args.jobs, args.device) else 1
 
 
 if __name__ == '__main__':

@@ -63,6 +63,8 @@ def count(minimum):
     def parse(text):
         if not text.isdigit() or int(text) < minimum:
             raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least {minimum}')
+        if int(text) >= 2**63:  # torch's seeds are 64-bit
+            raise argparse.ArgumentTypeError(f'{text} is too large')
         return int(text)
 
     return parse
@@ -125,21 +127,16 @@ def start_method(device):
     return os.environ.get('MNIST_START_METHOD', 'fork' if forks else 'spawn')
 
 
-def run_all(train, runs, jobs, device, load_data, check_data):
+def run_all(train, runs, jobs, device):
     """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went
-    well. Stopping this process (Ctrl-C, SIGTERM) stops every worker. A fault with the data shows here, once:
-    load_data() loads it for forked workers to share; spawned workers share nothing, so check_data() reads it
-    only to check it."""
+    well. Stopping this process (Ctrl-C, SIGTERM) stops every worker. Forked workers share what this process has
+    loaded; spawned ones share nothing."""
     jobs = min(jobs, len(runs))
     if jobs == 1:
         return all([train(*run) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
     method = start_method(device)
-    if method == 'fork':
-        load_data()
-    else:
-        check_data()
     context = multiprocessing.get_context(method)
     workers = [context.Process(target=work, args=(train, runs[i::jobs], threads)) for i in range(jobs)]
     for worker in workers:

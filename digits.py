@@ -35,7 +35,8 @@ def read_image(path):
     if os.path.isdir(path):
         raise ValueError('the folder holds no images (PNG, JPEG, TIFF or another type that Pillow reads)')
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # Pillow's notes on a damaged file: not for the reader of the output
+            warnings.simplefilter('ignore')
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
@@ -48,18 +49,18 @@ def read_image(path):
         raise ValueError(f'the image is larger than {MAX_PIXELS // 10**6} megapixels; scale it down') from None
     except Image.UnidentifiedImageError:
         raise ValueError('not a PNG, JPEG, BMP, GIF or WebP image, nor another type that Pillow reads') from None
-    except (OSError, SyntaxError, ValueError):  # Pillow's decoders raise each of these for a damaged file
+    except (OSError, SyntaxError, ValueError, TypeError):  # Pillow's decoders raise each for a damaged file
         raise ValueError('the image is damaged or truncated') from None
 
 
 def eight_bits(image):
     """An image of 16 or 32 bits a pixel (modes I;16, I, F) in 8 bits by its own range, where Pillow would clip at 255:
-    the smallest of 0-1 (floating point only), 0-255, 0-65535 and 0-2147483647 that holds its values."""
+    the smallest of 0-1 (floating point below 2 only), 0-255, 0-65535 and 0-2147483647 that holds its values."""
     if image.mode not in ('I', 'F') and not image.mode.startswith('I;16'):
         return image
-    ranges = (1, 255, 65535) if image.mode == 'F' else (255, 65535)
-    image = ImageOps.exif_transpose(image).convert('F')
-    top = next((r for r in ranges if image.getextrema()[1] <= r), 2**31 - 1)
+    floating, image = image.mode == 'F', ImageOps.exif_transpose(image).convert('F')
+    high = image.getextrema()[1]  # a resampled floating-point image overshoots 1 a little
+    top = 1 if floating and high < 2 else next((r for r in (255, 65535) if high <= r), 2**31 - 1)
     return image.point(lambda v: v * 255 / top + 0.5).convert('L')  # rounded: convert() truncates
 
 

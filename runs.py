@@ -30,13 +30,11 @@ def run_dir(out_dir, name, seed=None):
 
 
 def run_folders(out_dir, name):
-    """The folders of a setting's runs, those with a history: one per seed, or else the setting's own folder."""
+    """The folders of a setting's runs, those with results: one per seed, or else the setting's own folder."""
     folder = run_dir(out_dir, name)
     if not os.path.isdir(folder):
         return []
-    seeds = [seed for seed in named(folder, 'seed_N') if os.path.exists(os.path.join(seed, 'history.json'))]
-    own = [folder] if os.path.exists(os.path.join(folder, 'history.json')) else []
-    return seeds or own
+    return [seed for seed in named(folder, 'seed_N') if results(seed)] or ([folder] if results(folder) else [])
 
 
 def named(folder, pattern):
@@ -103,14 +101,14 @@ def open_run(setting, folder, resume=False, force=False):
     held = lock(folder)
     for tmp in glob.glob(os.path.join(glob.escape(folder), '*.tmp')):  # left by a run killed while writing
         os.remove(tmp)
-    last, history = os.path.join(folder, 'last.pth'), os.path.join(folder, 'history.json')
+    last = os.path.join(folder, 'last.pth')
     if folder == setting and any(results(seed) for seed in named(setting, 'seed_N')):
         problem = f'{setting} holds runs of several seeds; continue them with --seeds K, or pass --force'
     elif folder != setting and results(setting):
         problem = f'{setting} holds a run without --seeds; to train seeds, pass --force (without --task)'
     elif results(folder) and not resume and not force:
         problem = f'{folder} already holds results; pass --resume to continue them or --force to start over'
-    elif finished(history) and not os.path.exists(last) and not force:
+    elif finished(folder) and not os.path.exists(last) and not force:
         problem = f'{last} is missing; train the run again with --force, or evaluate it as it is'
     else:
         for path in results(folder) if force else []:
@@ -120,21 +118,25 @@ def open_run(setting, folder, resume=False, force=False):
     raise ValueError(problem)
 
 
-def finished(history):
-    """Whether a run's history file lists a finished epoch (the one written as a run starts lists none)."""
+def finished(folder):
+    """Whether the run in `folder` finished an epoch: its history lists one (the one written as a run starts lists
+    none), or, without a history, a best checkpoint is there."""
     try:
-        with open(history, encoding='utf-8') as f:
+        with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
             return bool(json.load(f)['epochs'])
+    except FileNotFoundError:
+        return bool(named(folder, 'epoch_N.pth'))
     except (OSError, ValueError, KeyError, TypeError):
-        return os.path.exists(history)
+        return True
 
 
-def start_over(folder):
-    """--force for a command that trains a setting whole: delete the results of its every run, its own and its seeds',
-    so that only this command's remain. While another process writes one of them, one sentence and nothing else."""
-    folders = [folder, *named(folder, 'seed_N')] if os.path.isdir(folder) else []
+def start_over(*settings):
+    """--force for a command that trains settings whole: delete the results of their every run, each one's own and its
+    seeds', so that only this command's remain; every folder is locked first, so that while another process writes
+    one of them, one sentence says so and nothing is deleted."""
+    folders = [run for folder in settings if os.path.isdir(folder) for run in (folder, *named(folder, 'seed_N'))]
     with contextlib.ExitStack() as locks:
-        for run in folders:  # every one locked before anything is deleted
+        for run in folders:
             locks.enter_context(lock(run))
         for path in (path for run in folders for path in results(run)):
             os.remove(path)

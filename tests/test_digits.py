@@ -212,3 +212,9 @@ def test_a_folder_reads_every_image_type_and_says_what_it_passed_over(run_main, 
     names = ['seven-16.png', 'seven-32.tif', 'seven-float.TIFF', 'seven.png']
     assert list(read) == [str(folder / name) for name in names]
     assert len(set(read.values())) == 1  # the same digit and probabilities
+    overshoot = (a / 255).astype(np.float32)
+    overshoot[0, 0] = np.nextafter(np.float32(1), np.float32(2))  # as a resampled floating-point image overshoots 1
+    Image.fromarray(overshoot).save(tmp_path / 'overshoot.tif')
+    again = run_main('MNIST_evaluation.py', '--image', tmp_path / 'overshoot.tif', '--device', 'cpu')
+    (line,) = [line for line in again.stdout.splitlines() if ', then ' in line]
+    assert line.split(': ', 1)[1][0] == read[str(folder / 'seven.png')][0]

@@ -15,6 +15,7 @@ import torch
 
 import MNIST_evaluation
 import MNIST_train
+import runs
 from MNIST_model import RAW_FILES
 from tests.conftest import ROOT, posix_signals, script_env
 from tests.idx import write_idx, write_mnist
@@ -213,6 +214,34 @@ def test_force_deletes_only_the_runs_that_the_command_trains(run_main, tmp_path)
     assert history['seed'] == 1 and len(history['epochs']) == 2
 
 
+def test_force_deletes_nothing_where_the_command_cannot_train(run_main, tmp_path):
+    """--force with a mistyped --data-dir, or beside a run that another process writes, refuses before it deletes."""
+    out = tmp_path / 'out'
+    assert run_main('MNIST_train.py', '--setting', 'all', '--epochs', '1').returncode == 0
+    before = snapshot(out)
+    refused = run_main('MNIST_train.py', '--setting', 'all', '--epochs', '1', '--force', data=tmp_path / 'datset')
+    assert_clean_error(refused, 'MNIST is not in')
+    assert snapshot(out) == before
+
+    with runs.lock(str(out / 'setting_3')):
+        refused = run_main('MNIST_train.py', '--setting', 'all', '--epochs', '1', '--force')
+    assert_clean_error(refused, f'another run is writing {out / "setting_3"}')
+    assert snapshot(out) == before
+
+
+def test_resume_refuses_a_run_that_kept_only_its_best_checkpoint(run_main, tmp_path):
+    folder = tmp_path / 'out' / 'setting_2'
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
+    (folder / 'last.pth').unlink()
+    (folder / 'history.json').unlink()
+    before = snapshot(folder)
+    refused = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume')
+    assert_clean_error(refused, f'{folder / "last.pth"} is missing')
+    assert snapshot(folder) == before
+    evaluated = run_main('MNIST_evaluation.py')  # and the evaluation names the run it cannot read
+    assert evaluated.returncode == 1 and f'Setting 2: skipped: {folder / "history.json"} is missing' in evaluated.stderr
+
+
 def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, tmp_path):
     setting = tmp_path / 'out' / 'setting_2'
     assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '1').returncode == 0
@@ -254,7 +283,8 @@ def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
         (['--setting', '1', '--device', 'tpu'], "unknown device 'tpu'"),
         (['--setting', '2', '--seeds', '3', '--task', '3'], '--task 3: these settings and seeds make runs 0 to 2'),
         (['--epochs', '3'], 'required: --setting'),
-        (['--setting', '2', '--forc'], 'unrecognized arguments: --forc'),  # no abbreviation in a printed command
+        (['--setting', '2', '--forc'], 'unrecognized arguments: --forc'),
+        (['--setting', '2', '--seed', str(2**64)], f'{2**64} is too large'),  # no abbreviation in a printed command
     ],
 )
 def test_bad_arguments(run_main, tmp_path, args, phrase):
