@@ -27,7 +27,7 @@ def load_run(folder, device, before=None):
             history = json.load(f)
         runs.check_history(history, Config.base)
         model = build_model(history['hyperparameters']).to(device)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):  # RuntimeError: a network of no possible size
         raise ValueError(f'{path} is missing or damaged; train the setting again') from None
     if not history['best_epoch']:
         return None, None, history
@@ -44,7 +44,9 @@ def trained_runs(names, args, hint=()):
     that says why it cannot be, once said; the settings in `hint` that are not trained get a hint how to."""
     for name in names:
         folders = runs.run_folders(args.out_dir, name)
-        if not folders and name in hint:
+        if not folders and runs.training(runs.run_dir(args.out_dir, name)):
+            print(f'Setting {name}: still training, no epoch done yet')
+        elif not folders and name in hint:
             print(f'Setting {name}: not trained yet; train it with: {train_command(args, name)}')
         for folder in folders:
             seed = '' if folder == runs.run_dir(args.out_dir, name) else f' seed {folder.rsplit("_", 1)[1]}'
@@ -80,10 +82,10 @@ def note(name, label, folder, history, result, row, args):
     if 'diverged' in history:
         best = f'; its best epoch, {history["best_epoch"]}, is reported' if result and not left_out else ''
         return f'{label}: diverged at epoch {history["diverged"]} of {planned}{left}{best}'
+    if runs.training(folder):  # also a finished run that --resume extends, whose history has the old plan
+        return f'{label}: still training, {trained} of {planned} epochs done{left}'
     if trained == planned:
         return f'{label}: {state}{left}' if left_out else None
-    if runs.training(folder):
-        return f'{label}: still training, {trained} of {planned} epochs done{left}'
     again = ['--seed', str(seed)] if seed != Config.seed else []
     if folder != runs.run_dir(args.out_dir, name):  # a seed's run: run I of seeds 0..I
         again = ['--seeds', str(seed + 1), '--task', str(seed)]

@@ -151,8 +151,11 @@ def main(argv=None):
         'wd (the weight-decay sweep)',
     )
     p.add_argument('--epochs', type=cli.count(1), help="epochs to train (default: the setting's, 100; best: 300)")
-    p.add_argument('--seed', type=cli.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
-    p.add_argument('--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/')
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument('--seed', type=cli.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
+    seeds.add_argument(
+        '--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/'
+    )
     again = p.add_mutually_exclusive_group()
     again.add_argument('--resume', action='store_true', help='continue after the last finished epoch (or start)')
     again.add_argument('--force', action='store_true', help='start over these runs (without --task: their settings)')

@@ -244,6 +244,11 @@ def summary(rows, config):
         lines += [f'Of the additional experiments, {lead(kept, rows)}', *refused]
     if sweep:
         kept, refused = alike(sweep, rows)
+        zero = {hyper(rows[n])['optimizer'] for n in kept if not hyper(rows[n])['weight_decay']}
+        alone = [n for n in kept if hyper(rows[n])['optimizer'] not in zero]
+        refused += [f'Setting #{n} is not compared with λ = 0, which the sweep lacks for it' for n in alone]
+        kept = [n for n in kept if n not in alone]
+        main = main or kept  # where the sweep alone is trained, the best of what it compares
         context = 'In the weight-decay sweep with {optimizer}'
         lines += [*versus(kept, rows, {'weight_decay'}, context, 'λ = {weight_decay:g}'), *refused]
     return max(main or rows, key=lambda n: accuracy(rows[n])), '\n'.join(f'- {line}.' for line in lines)

@@ -186,7 +186,8 @@ def check_history(history, hyperparameters):
     """ValueError unless a history read from a file holds every value that the evaluation and --resume read, of its
     kind (`hyperparameters` shows theirs), and its epochs numbered from 1, the best one among them."""
     n = len(history['epochs']) if fits(history, {**HISTORY, 'hyperparameters': hyperparameters}) else -1
-    if n < 0 or [e['epoch'] for e in history['epochs']] != list(range(1, n + 1)) or history['best_epoch'] > n:
+    numbered = n >= 0 and [e['epoch'] for e in history['epochs']] == list(range(1, n + 1))
+    if not numbered or history['best_epoch'] > n or not isinstance(history.get('diverged', 0), int):
         raise ValueError('its history lacks a value or holds one of another kind, or its epochs do not add up')
 
 

@@ -284,7 +284,11 @@ def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
         (['--setting', '2', '--seeds', '3', '--task', '3'], '--task 3: these settings and seeds make runs 0 to 2'),
         (['--epochs', '3'], 'required: --setting'),
         (['--setting', '2', '--forc'], 'unrecognized arguments: --forc'),
-        (['--setting', '2', '--seed', str(2**64)], f'{2**64} is too large'),  # no abbreviation in a printed command
+        (['--setting', '2', '--seed', str(2**64)], f'{2**64} is too large'),
+        (
+            ['--setting', '2', '--seed', '5', '--seeds', '2'],
+            'argument --seeds: not allowed with argument --seed',
+        ),  # no abbreviation in a printed command
     ],
 )
 def test_bad_arguments(run_main, tmp_path, args, phrase):

@@ -100,7 +100,8 @@ def test_the_summary_and_learning_curves_of_real_runs(run_main, tmp_path):
     decay = 'With Adam, λ = 0.01 (#4) '
     decay += f'tied at {accuracy["2"]} with λ = 0 (#2)' if same else f'scored {abs(a["4"] - a["2"]):.2f} point'
     assert any(line.startswith(decay) for line in lines), lines
-    assert not any('sweep' in line for line in lines)  # one λ of the sweep: nothing to compare it with
+    sweep = [line for line in lines if 'sweep' in line]  # one λ of the sweep: nothing to compare it with, said so
+    assert sweep == [next(line for line in lines if line.startswith('Setting #Adam-0.001 is not compared with λ = 0'))]
     report = (out / 'report.md').read_text(encoding='utf-8')
     assert f'**Where Setting #{best} goes wrong on the test split**' in report  # the summary's best
     assert '](learning_curves.png)' in report and (out / 'learning_curves.png').stat().st_size > 0
@@ -222,3 +223,17 @@ def test_the_commands_printed_continue_the_run_through_a_shell(big_data, tmp_pat
         assert done.returncode == 0, done.stderr
     history = json.loads((out / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
     assert len(history['epochs']) == 4 and history['seed'] == 5
+
+
+def test_a_setting_that_a_running_command_holds_is_still_training(run_main, tmp_path):
+    """A setting waiting its turn in `--setting all`, and a finished run that --resume extends (its history still
+    has the old plan): both are still training, not "not trained yet" or finished."""
+    import runs
+
+    out = tmp_path / 'out'
+    assert run_main('MNIST_train.py', '--setting', '1', '--epochs', '1').returncode == 0
+    with runs.lock(str(out / 'setting_1')), runs.lock(str(out / 'setting_3')):
+        evaluated = run_main('MNIST_evaluation.py')
+    lines = evaluated.stdout.splitlines()
+    assert 'Setting 1: still training, 1 of 1 epochs done' in lines
+    assert 'Setting 3: still training, no epoch done yet' in lines and 'Setting 3: not' not in evaluated.stdout

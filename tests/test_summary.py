@@ -162,7 +162,10 @@ def test_the_four_settings_in_at_most_120_words_one_claim_a_line():
 
 def test_the_sweep_is_compared_with_its_own_lambda_0_and_only_where_it_trained_two():
     found = {2: made_up(2, 0.9787, epochs=2), 'Adam-0.01': made_up('Adam-0.01', 0.9398, epochs=2)}
-    assert check_report(found) == ['Setting #2 reached 97.87%']  # one λ: no best λ, and Setting 2 is not its λ = 0
+    assert check_report(found) == [  # one λ: no best λ, and Setting 2 is not its λ = 0, which is named as missing
+        'Setting #2 reached 97.87%',
+        'Setting #Adam-0.01 is not compared with λ = 0, which the sweep lacks for it',
+    ]
     found |= {'Adam-0': made_up('Adam-0', 0.9421, epochs=2), 'Adam-0.001': made_up('Adam-0.001', 0.9801, epochs=2)}
     assert (
         check_report(found)[-1]
