@@ -126,11 +126,12 @@ def train_setting(name, seed, folder, args):
         if improved:
             history['best_epoch'], history['best_val_accuracy'] = epoch, val_acc
             save_best(folder, model, history)
-        print(
-            f'{label} | epoch {epoch:3d}/{hyper["epochs"]} | train loss {train_loss:.4f} | val loss {val_loss:.4f} | '
-            f'val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
-        )
-        runs.save_state(folder, model, optimizer, scheduler, history)  # a stop waits until it is saved whole
+        with atomic.signals_held():  # a stop waits until the epoch is saved and its line printed
+            runs.save_state(folder, model, optimizer, scheduler, history)
+            print(
+                f'{label} | epoch {epoch:3d}/{hyper["epochs"]} | train loss {train_loss:.4f} | '
+                f'val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}% | {seconds:.2f} s' + (' *' if improved else '')
+            )
     if history['best_epoch']:
         pictures.plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
         print(

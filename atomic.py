@@ -40,37 +40,47 @@ def together():
     put_in_place(files)
 
 
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block has run, then stop the program as they would have."""
+    caught = []
+    held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+    if caught:
+        signal.raise_signal(caught[0])
+
+
 def put_in_place(files, patience=3.0):
     """Write files {path: bytes}, Ctrl-C and SIGTERM waiting: each to a temp file, fsync, then each renamed over its
     path, for `patience` seconds while another program holds it open (on Windows: Excel, a viewer, a virus scanner)."""
-    temps, caught = {path: f'{path}.{os.getpid()}.tmp' for path in files}, []
-    held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    temps = {path: f'{path}.{os.getpid()}.tmp' for path in files}
     try:
-        for path, data in files.items():
-            with open(temps[path], 'wb') as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for path, temp in temps.items():
-            deadline = time.monotonic() + patience
-            while True:
-                try:
-                    os.replace(temp, path)
-                    break
-                except PermissionError as e:
-                    if time.monotonic() > deadline:
-                        raise OSError(e.errno, HELD_OPEN) from e
-                    time.sleep(0.1)
+        with signals_held():
+            for path, data in files.items():
+                with open(temps[path], 'wb') as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            for path, temp in temps.items():
+                deadline = time.monotonic() + patience
+                while True:
+                    try:
+                        os.replace(temp, path)
+                        break
+                    except PermissionError as e:
+                        if time.monotonic() > deadline:
+                            raise OSError(e.errno, HELD_OPEN) from e
+                        time.sleep(0.1)
     except OSError as e:  # naming the file that was being written or renamed
         raise OSError(e.errno, e.strerror, path) from None
     finally:
         for temp in temps.values():
             if os.path.exists(temp):
                 os.remove(temp)
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
-    if caught:
-        signal.raise_signal(caught[0])
 
 
 def save_csv(path, rows):
