@@ -152,9 +152,11 @@ def main(argv=None):
         'wd (the weight-decay sweep)',
     )
     p.add_argument('--epochs', type=cli.count(1), help="epochs to train (default: the setting's, 100; best: 300)")
-    seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument('--seed', type=cli.count(0), default=Config.seed, help=f'random seed (default {Config.seed})')
-    seeds.add_argument(
+    one_or_many = p.add_mutually_exclusive_group()
+    one_or_many.add_argument(
+        '--seed', type=cli.count(0), default=Config.seed, help=f'random seed (default {Config.seed})'
+    )
+    one_or_many.add_argument(
         '--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/'
     )
     again = p.add_mutually_exclusive_group()
