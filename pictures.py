@@ -1,6 +1,7 @@
 """The plots of a run and of its evaluation, each written whole."""
 
 import os
+import statistics
 
 import matplotlib.pyplot as plt
 import torch
@@ -41,6 +42,21 @@ def plot_learning_curves(histories, path):
         ax.grid(alpha=0.3)
         ax.legend(loc='lower left')
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_weight_decay(sweep, path):
+    """Test accuracy against weight decay, mean ± std over seeds: a line per optimizer {optimizer: {lambda: runs}}."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for optimizer, points in sweep.items():
+        acc = [[100 * r['accuracy'] for r in results] for results in points.values()]
+        stds = [statistics.stdev(a) if len(a) > 1 else 0 for a in acc]
+        label = optimizer + (' (decoupled decay)' if optimizer == 'AdamW' else ' (L2)')
+        ax.errorbar(list(points), list(map(statistics.mean, acc)), yerr=stds, capsize=3, marker='o', label=label)
+    ax.set_xscale('symlog', linthresh=1e-5)  # a log axis that also shows lambda = 0
+    ax.set(title='Weight decay sweep (mean ± std over seeds)', xlabel='weight decay λ', ylabel='test accuracy (%)')
+    ax.grid(alpha=0.3)
+    ax.legend()
     save_figure(fig, path)
 
 

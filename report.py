@@ -5,8 +5,6 @@ import json
 import os
 import statistics
 
-import matplotlib.pyplot as plt
-
 import atomic
 import pictures
 
@@ -82,17 +80,7 @@ def weight_decay_sweep(rows, out_dir, config):
     found = {}  # optimizer -> {lambda: the runs of its row}
     for name in (n for n in config.groups['wd'] if n in rows):
         found.setdefault(hyper(rows[name])['optimizer'], {})[hyper(rows[name])['weight_decay']] = rows[name]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for optimizer, points in found.items():
-        acc = [[100 * r['accuracy'] for r in results] for results in points.values()]
-        stds = [statistics.stdev(a) if len(a) > 1 else 0 for a in acc]
-        label = optimizer + (' (decoupled decay)' if optimizer == 'AdamW' else ' (L2)')
-        ax.errorbar(list(points), list(map(statistics.mean, acc)), yerr=stds, capsize=3, marker='o', label=label)
-    ax.set_xscale('symlog', linthresh=1e-5)  # a log axis that also shows lambda = 0
-    ax.set(title='Weight decay sweep (mean ± std over seeds)', xlabel='weight decay λ', ylabel='test accuracy (%)')
-    ax.grid(alpha=0.3)
-    ax.legend()
-    pictures.save_figure(fig, os.path.join(out_dir, 'weight_decay.png'))
+    pictures.plot_weight_decay(found, os.path.join(out_dir, 'weight_decay.png'))
     table = {
         f'{lam:g}': {opt: table_row(p[lam])['Accuracy'] if lam in p else '' for opt, p in found.items()}
         for lam in sorted({lam for points in found.values() for lam in points})
