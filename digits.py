@@ -23,11 +23,12 @@ def image_files(path):
     itself, for read_image to say what is wrong with it."""
     if not os.path.isdir(path):
         return [path]
-    names = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)) and not f.startswith('.'))
-    other = [f for f in names if os.path.splitext(f)[1].lower() not in IMAGE_TYPES]
+    files = {f: os.path.join(path, f) for f in sorted(os.listdir(path)) if not f.startswith('.')}
+    images = [p for f, p in files.items() if os.path.isfile(p) and os.path.splitext(f)[1].lower() in IMAGE_TYPES]
+    other = [f for f, p in files.items() if p not in images]  # folders too: a folder's folders are not read
     if other:
         print(f'{path}: passed over {", ".join(other)} (not an image file)')
-    return [os.path.join(path, f) for f in names if f not in other] or [path]
+    return images or [path]
 
 
 def read_image(path):

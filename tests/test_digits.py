@@ -76,8 +76,9 @@ def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(run_main, t
     accuracy = {n: json.loads((tmp_path / 'out' / f'setting_{n}' / 'history.json').read_bytes()) for n in '125'}
     best = max(accuracy, key=lambda n: accuracy[n]['best_val_accuracy'])  # chosen by validation, never by test
     assert lines[0].startswith(f'Reading with Setting {best} (') and 'validation accuracy' in lines[0]
-    assert [line.split(':')[0] for line in lines[1:3]] == [str(path) for path in good]
-    assert all(line.split(': ')[1][0].isdigit() and ', then ' in line for line in lines[1:3])
+    assert lines[1] == f'{images}: passed over empty (not an image file)'  # then read by itself, as asked
+    assert [line.split(':')[0] for line in lines[2:4]] == [str(path) for path in good]
+    assert all(line.split(': ')[1][0].isdigit() and ', then ' in line for line in lines[2:4])
     assert (tmp_path / 'out' / 'own_digits.png').stat().st_size > 0
     chosen = run_main('MNIST_evaluation.py', '--image', good[0], '--setting', '1')
     assert chosen.returncode == 0 and chosen.stdout.startswith('Reading with Setting 1 (')
@@ -195,7 +196,7 @@ def test_every_mode_and_bit_depth_reads_as_its_8_bit_twin(tmp_path, size, paper,
 
 def test_a_folder_reads_every_image_type_and_says_what_it_passed_over(run_main, trained, tmp_path):
     """A clear dark 7 as an 8-bit PNG, a 16-bit PNG, a 32-bit integer TIFF and a floating-point TIFF, in a folder
-    with a text file: each image reads as the 8-bit one, and one line names the file passed over."""
+    with a text file and a folder: each image reads as the 8-bit one, and one line names what it passed over."""
     seven = Image.new('L', (200, 280), 235)
     ImageDraw.Draw(seven).line([(30, 50), (170, 50), (80, 240)], fill=25, width=24)
     a, folder = np.asarray(seven), tmp_path / 'sevens'
@@ -205,9 +206,12 @@ def test_a_folder_reads_every_image_type_and_says_what_it_passed_over(run_main, 
     Image.fromarray(a.astype(np.int32) * 8421504).save(folder / 'seven-32.tif')
     Image.fromarray((a / 255).astype(np.float32)).save(folder / 'seven-float.TIFF')
     (folder / 'notes.txt').write_text('the sevens', encoding='utf-8')
+    (folder / 'more').mkdir()  # a folder is read, not the folders in it, nor a link to one
+    (folder / 'more' / 'seven.png').write_bytes((folder / 'seven.png').read_bytes())
+    (folder / 'link').symlink_to(folder / 'more', target_is_directory=True)
     result = run_main('MNIST_evaluation.py', '--image', folder, '--device', 'cpu')
     assert result.returncode == 0 and result.stderr == '', result.stderr
-    assert f'{folder}: passed over notes.txt (not an image file)' in result.stdout.splitlines()
+    assert f'{folder}: passed over link, more, notes.txt (not an image file)' in result.stdout.splitlines()
     read = dict(line.split(': ', 1) for line in result.stdout.splitlines() if ', then ' in line)
     names = ['seven-16.png', 'seven-32.tif', 'seven-float.TIFF', 'seven.png']
     assert list(read) == [str(folder / name) for name in names]
