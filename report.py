@@ -225,7 +225,9 @@ def summary(rows, config):
     if main:
         main, refused = alike(main, rows)
         optimizers = versus(main, rows, {'optimizer', 'lr'}, 'At λ = {weight_decay:g}', '{optimizer} (#{name})')
-        lines += [lead(main, rows), *optimizers, *weight_decay(main, rows), *overfitting(main, rows)]
+        compared = [*optimizers, *weight_decay(main, rows)]  # two settings that one of these compares need no lead
+        lines += [lead(main, rows)] if len(main) != 2 or not compared else []
+        lines += [*compared, *overfitting(main, rows)]
         lines += [*spread(main, rows), *refused]
     if extras and main[0] in four:
         kept, refused = alike(extras, rows)

@@ -205,7 +205,7 @@ def test_ties_are_said_as_ties():
 def test_means_over_seeds_are_compared_as_the_table_rounds_them():
     found = {1: made_up(1, [0.978, 0.9781, 0.9781], [0, 1, 2]), 2: made_up(2, [0.9786, 0.9786, 0.9787], [0, 1, 2])}
     lines = check_report(found)  # 97.8067% and 97.8633%: 97.81% and 97.86% in the table
-    assert lines[0] == 'Setting #2 beat Setting #1 by 0.05 points'
+    assert lines[0] == 'At λ = 0, Adam (#2) beat Adadelta (#1) by 0.05 points'  # which the lead would say again
     assert (
         lines[-1]
         == 'Over 3 seeds, the lead of #2 over #1, 0.05 points, is more than the spread between them (± up to 0.01%)'
