@@ -136,8 +136,7 @@ def run_all(train, runs, jobs, device):
         return all([train(*run) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
-    method = start_method(device)
-    context = multiprocessing.get_context(method)
+    context = multiprocessing.get_context(start_method(device))
     workers = [context.Process(target=work, args=(train, runs[i::jobs], threads)) for i in range(jobs)]
     for worker in workers:
         worker.start()
