@@ -47,18 +47,6 @@ def validate(model, x, y):
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def save_best(folder, model, history):
-    """The checkpoint of the best validation epoch so far, which the evaluation reloads (the previous one goes once
-    the state after this epoch is saved)."""
-    checkpoint = {
-        'epoch': history['best_epoch'],
-        'model_state_dict': model.state_dict(),
-        'hyperparameters': history['hyperparameters'],
-        'val_accuracy': history['best_val_accuracy'],
-    }
-    atomic.save_torch(runs.best_checkpoint(folder, history), checkpoint)  # CPU tensors: torch.load works anywhere
-
-
 def make_optimizer(model, hyper, steps_per_epoch):
     """The setting's optimizer, with its one-kernel update where there is one, and its lr schedule."""
     fused = hyper['optimizer'] != 'Adadelta' and next(model.parameters()).device.type in ('cpu', 'cuda')
@@ -125,7 +113,9 @@ def train_setting(name, seed, folder, args):
         improved = val_acc > history['best_val_accuracy']
         if improved:
             history['best_epoch'], history['best_val_accuracy'] = epoch, val_acc
-            save_best(folder, model, history)
+            # the checkpoint that the evaluation reloads; the previous one goes once the state after this epoch is saved
+            best = dict(epoch=epoch, model_state_dict=model.state_dict(), hyperparameters=hyper, val_accuracy=val_acc)
+            atomic.save_torch(runs.best_checkpoint(folder, history), best)
         with atomic.signals_held():  # a stop waits until the epoch is saved and its line printed
             runs.save_state(folder, model, optimizer, scheduler, history)
             print(
