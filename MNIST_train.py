@@ -143,9 +143,7 @@ def main(argv=None):
     )
     p.add_argument('--epochs', type=cli.count(1), help="epochs to train (default: the setting's, 100; best: 300)")
     one_or_many = p.add_mutually_exclusive_group()
-    one_or_many.add_argument(
-        '--seed', type=cli.count(0), default=Config.seed, help=f'random seed (default {Config.seed})'
-    )
+    one_or_many.add_argument('--seed', type=cli.count(0), default=Config.seed, help='random seed (default %(default)s)')
     one_or_many.add_argument(
         '--seeds', type=cli.count(1), metavar='K', help='train seeds 0..K-1, each into setting_N/seed_S/'
     )

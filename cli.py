@@ -26,8 +26,8 @@ def common_parser(config, description, **setting):
         default='auto',
         help='auto (the GPU or other accelerator when there is one, else the CPU), cpu, cuda, cuda:N, mps or xpu',
     )
-    p.add_argument('--data-dir', default=config.data_dir, help=f'folder holding MNIST/raw/ (default {config.data_dir})')
-    p.add_argument('--out-dir', default=config.out_dir, help=f'folder for results (default {config.out_dir})')
+    p.add_argument('--data-dir', default=config.data_dir, help='folder holding MNIST/raw/ (default %(default)s)')
+    p.add_argument('--out-dir', default=config.out_dir, help='folder for results (default %(default)s)')
     return p
 
 
