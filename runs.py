@@ -155,9 +155,9 @@ def fits(value, like):
     return isinstance(value, {float: (int, float), type(None): (str, type(None))}.get(type(like), type(like)))
 
 
-def load_checkpoint(path, model=None):
-    """Read a checkpoint safely (tensors and plain values only) onto the CPU and load its weights into `model`, if
-    given, wherever the model is; ValueError says what is wrong."""
+def load_checkpoint(path, model):
+    """Read a checkpoint safely (tensors and plain values only) onto the CPU and load its weights into `model`,
+    wherever the model is; ValueError says what is wrong."""
     try:
         with warnings.catch_warnings():  # torch's note on a foreign pickle, which is refused below anyway
             warnings.filterwarnings('ignore', 'Detected pickle protocol', UserWarning)
@@ -173,8 +173,7 @@ def load_checkpoint(path, model=None):
     if not fits(checkpoint, {'epoch': 1, 'model_state_dict': {}}):
         raise ValueError(f'{path} is not a checkpoint of this project (no epoch number or model_state_dict)')
     try:
-        if model is not None:
-            model.load_state_dict(checkpoint['model_state_dict'])
+        model.load_state_dict(checkpoint['model_state_dict'])
     except ValueError as e:  # the checkpoint's network differs from the one built for its run
         raise ValueError(f'{path} does not fit its run: {e}') from None
     except (RuntimeError, KeyError, TypeError):
@@ -203,7 +202,7 @@ def load_state(folder, model, optimizer, scheduler, history):
     if not os.path.exists(path):
         return history
     try:
-        state = load_checkpoint(path, model=model)
+        state = load_checkpoint(path, model)
         check_history(state['history'], history['hyperparameters'])
         same = run_identity(state['history']) == run_identity(history)
         optimizer.load_state_dict(state['optimizer_state_dict'])
