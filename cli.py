@@ -16,8 +16,7 @@ import torch
 
 
 def common_parser(config, description, **setting):
-    """A parser with the arguments of both scripts: --setting (a row of config.settings or a group), --device,
-    --data-dir and --out-dir. `setting` holds add_argument's keywords for --setting."""
+    """A parser with the arguments of both scripts; `setting` holds add_argument's keywords for --setting."""
     p = argparse.ArgumentParser(description=description, allow_abbrev=False)  # commands printed to run again
     p.add_argument('--setting', type=setting_names(config), **setting)
     p.add_argument(
