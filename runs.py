@@ -106,7 +106,7 @@ def open_run(setting, folder, resume=False, force=False):
         problem = f'{setting} holds runs of several seeds; continue them with --seeds K, or pass --force'
     elif folder != setting and results(setting):
         problem = f'{setting} holds a run without --seeds; to train seeds, pass --force (without --task)'
-    elif results(folder) and not resume and not force:
+    elif finished(folder) and not resume and not force:  # a run stopped in its first epoch has nothing to keep
         problem = f'{folder} already holds results; pass --resume to continue them or --force to start over'
     elif finished(folder) and not os.path.exists(last) and not force:
         problem = f'{last} is missing; train the run again with --force, or evaluate it as it is'
@@ -120,12 +120,12 @@ def open_run(setting, folder, resume=False, force=False):
 
 def finished(folder):
     """Whether the run in `folder` finished an epoch: its history lists one (the one written as a run starts lists
-    none), or, without a history, a best checkpoint is there."""
+    none), or, without a history, it left a result."""
     try:
         with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
             return bool(json.load(f)['epochs'])
     except FileNotFoundError:
-        return bool(named(folder, 'epoch_N.pth'))
+        return bool(results(folder))
     except (OSError, ValueError, KeyError, TypeError):
         return True
 

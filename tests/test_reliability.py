@@ -195,6 +195,17 @@ def test_existing_results_are_not_overwritten(run_main, tmp_path):
     assert len(json.loads((folder / 'history.json').read_text(encoding='utf-8'))['epochs']) == 1
 
 
+def test_a_run_stopped_in_its_first_epoch_is_started_again_by_the_same_command(run_main, tmp_path, monkeypatch):
+    """It finished no epoch, so nothing of it is kept: no --resume or --force is needed to train it."""
+    with monkeypatch.context() as patch:
+        ctrl_c_at_epoch(1, patch)
+        assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 130
+    again = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1')
+    assert again.returncode == 0, again.stderr
+    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
+    assert [e['epoch'] for e in history['epochs']] == [1] and history['hyperparameters']['epochs'] == 1
+
+
 def snapshot(folder):
     """Every file under `folder` that a run wrote (not the locks), with its bytes."""
     return {
