@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import signal
+import threading
 import time
 
 import torch
@@ -42,9 +43,10 @@ def together():
 
 @contextlib.contextmanager
 def signals_held():
-    """Ctrl-C and SIGTERM wait until the block has run, then stop the program as they would have."""
-    caught = []
-    held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Ctrl-C and SIGTERM wait until the block has run, then stop the program as they would have. In another thread,
+    which signals never interrupt (and which cannot set their handlers), the block just runs."""
+    caught, main = [], threading.current_thread() is threading.main_thread()
+    held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM) if main}
     try:
         yield
     finally:

@@ -1,3 +1,4 @@
+import concurrent.futures
 import csv
 import errno
 import glob
@@ -13,6 +14,7 @@ import sys
 import pytest
 import torch
 
+import atomic
 import MNIST_evaluation
 import MNIST_train
 import runs
@@ -531,6 +533,16 @@ import resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 """
+
+
+def test_a_file_is_written_whole_from_another_thread_too(tmp_path):
+    """A program that saves from a thread of its own (a window's, a web server's), where signals cannot be held."""
+    path = str(tmp_path / 'state.pth')
+    with concurrent.futures.ThreadPoolExecutor() as thread:
+        thread.submit(atomic.save_torch, path, {'weights': torch.ones(3)}).result()
+    assert torch.load(path, weights_only=True)['weights'].tolist() == [1, 1, 1] and os.listdir(tmp_path) == [
+        'state.pth'
+    ]
 
 
 @pytest.mark.slow
