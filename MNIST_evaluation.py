@@ -18,6 +18,13 @@ import runs
 from MNIST_model import Config, build_model, data_load, predict
 
 
+def evaluate_run(model, checkpoint, history, x, y):
+    """Test logits and accuracy of a run's best checkpoint, with its epoch and history."""
+    logits = predict(model, x)
+    accuracy = (logits.argmax(1) == y).float().mean().item()
+    return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
+
+
 def load_run(folder, device, before=None):
     """A run's best-epoch network, checkpoint and history (None, None, history before a best epoch); ValueError says
     what is wrong. A run in training may replace the best checkpoint, of epoch `before`, as it is read: read again."""
@@ -56,13 +63,6 @@ def trained_runs(names, args, hint=()):
                 print(f'Setting {name}: skipped: {e}', file=sys.stderr)
                 loaded = e
             yield name, f'Setting {name}{seed}', folder, loaded
-
-
-def evaluate_run(model, checkpoint, history, x, y):
-    """Test logits and accuracy of a run's best checkpoint, with its epoch and history."""
-    logits = predict(model, x)
-    accuracy = (logits.argmax(1) == y).float().mean().item()
-    return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
 
 
 def train_command(args, name, *options):
