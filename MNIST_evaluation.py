@@ -150,7 +150,7 @@ def main(argv=None):
     for line in notes:
         print(line)
     if not found:
-        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, 1)}')
+        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, names[0])}')
     with atomic.together():  # the report and its pictures, the previous ones or these, whole
         report.write_report(rows, skipped + notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')

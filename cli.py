@@ -1,4 +1,4 @@
-"""The scripts as commands: the arguments they share, how they end, and the worker processes of --jobs."""
+"""The command line and the processes of both scripts."""
 
 import argparse
 import errno

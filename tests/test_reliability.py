@@ -202,6 +202,8 @@ def test_a_run_stopped_in_its_first_epoch_is_started_again_by_the_same_command(r
     with monkeypatch.context() as patch:
         ctrl_c_at_epoch(1, patch)
         assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 130
+    evaluated = run_main('MNIST_evaluation.py', '--setting', '2')
+    assert_clean_error(evaluated, 'no trained setting', 'train one first, e.g. python MNIST_train.py --setting 2 ')
     again = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1')
     assert again.returncode == 0, again.stderr
     history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
