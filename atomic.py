@@ -19,25 +19,24 @@ def save_atomic(path, write):
     OSError naming the file, whatever the writer), then put in place, at once or with the set of together()."""
     buffer = io.BytesIO()
     write(buffer)
-    if pending is None:
+    if getattr(pending, 'files', None) is None:
         put_in_place({path: buffer.getvalue()})
     else:
-        pending[path] = buffer.getvalue()
+        pending.files[path] = buffer.getvalue()
 
 
-pending = None  # while together() runs: {path: bytes}, the files that it puts in place as one set
+pending = threading.local()  # .files, while together() runs in a thread: {path: bytes}, to put in place as one set
 
 
 @contextlib.contextmanager
 def together():
     """The files that save_atomic writes in this block as one set, the previous one or the new one whole: rendered in
     memory first (Ctrl-C there leaves every file as it was), then put in place together."""
-    global pending
-    pending = files = {}
+    pending.files = files = {}
     try:
         yield
     finally:
-        pending = None
+        pending.files = None
     put_in_place(files)
 
 
@@ -59,7 +58,7 @@ def signals_held():
 def put_in_place(files, patience=3.0):
     """Write files {path: bytes}, Ctrl-C and SIGTERM waiting: each to a temp file, fsync, then each renamed over its
     path, for `patience` seconds while another program holds it open (on Windows: Excel, a viewer, a virus scanner)."""
-    temps = {path: f'{path}.{os.getpid()}.tmp' for path in files}
+    temps = {path: f'{path}.{os.getpid()}.{threading.get_ident()}.tmp' for path in files}  # each writer its own
     try:
         with signals_held():
             for path, data in files.items():

@@ -537,14 +537,23 @@ resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 """
 
 
-def test_a_file_is_written_whole_from_another_thread_too(tmp_path):
-    """A program that saves from a thread of its own (a window's, a web server's), where signals cannot be held."""
+def test_a_file_is_written_whole_from_other_threads_too(tmp_path):
+    """Programs that save from threads of their own (a window's, a web server's), where signals cannot be held: each
+    save is whole and at once, also of one file from several threads, and while the main thread writes a set."""
     path = str(tmp_path / 'state.pth')
-    with concurrent.futures.ThreadPoolExecutor() as thread:
-        thread.submit(atomic.save_torch, path, {'weights': torch.ones(3)}).result()
-    assert torch.load(path, weights_only=True)['weights'].tolist() == [1, 1, 1] and os.listdir(tmp_path) == [
-        'state.pth'
-    ]
+
+    def save(k):
+        for _ in range(20):
+            atomic.save_torch(path, {'weights': torch.full((1000,), k)})
+            assert torch.load(path, weights_only=True)['weights'].unique().numel() == 1
+
+    with atomic.together():
+        atomic.save_csv(str(tmp_path / 'set.csv'), [[1]])
+        with concurrent.futures.ThreadPoolExecutor(4) as threads:
+            for saving in [threads.submit(save, k) for k in range(4)]:
+                saving.result()
+        assert os.listdir(tmp_path) == ['state.pth']  # the set waits for the end of its block
+    assert sorted(os.listdir(tmp_path)) == ['set.csv', 'state.pth']
 
 
 @pytest.mark.slow
