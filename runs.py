@@ -102,9 +102,9 @@ def open_run(setting, folder, resume=False, force=False):
     for tmp in glob.glob(os.path.join(glob.escape(folder), '*.tmp')):  # left by a run killed while writing
         os.remove(tmp)
     last = os.path.join(folder, 'last.pth')
-    if folder == setting and any(results(seed) for seed in named(setting, 'seed_N')):
+    if folder == setting and any(results(seed) or training(seed) for seed in named(setting, 'seed_N')):
         problem = f'{setting} holds runs of several seeds; continue them with --seeds K, or pass --force'
-    elif folder != setting and results(setting):
+    elif folder != setting and (results(setting) or training(setting)):  # each checks after taking its own lock
         problem = f'{setting} holds a run without --seeds; to train seeds, pass --force (without --task)'
     elif finished(folder) and not resume and not force:  # a run stopped in its first epoch has nothing to keep
         problem = f'{folder} already holds results; pass --resume to continue them or --force to start over'
@@ -119,13 +119,15 @@ def open_run(setting, folder, resume=False, force=False):
 
 
 def finished(folder):
-    """Whether the run in `folder` finished an epoch: its history lists one (the one written as a run starts lists
-    none), or, without a history, it left a result."""
+    """Whether the run in `folder` finished an epoch: it left a result other than the history written as it starts,
+    which lists no epoch, or its history lists one."""
+    if any(os.path.basename(path) != 'history.json' for path in results(folder)):
+        return True
     try:
         with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
             return bool(json.load(f)['epochs'])
     except FileNotFoundError:
-        return bool(results(folder))
+        return False
     except (OSError, ValueError, KeyError, TypeError):
         return True
 

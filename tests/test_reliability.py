@@ -206,8 +206,11 @@ def test_a_run_stopped_in_its_first_epoch_is_started_again_by_the_same_command(r
     assert_clean_error(evaluated, 'no trained setting', 'train one first, e.g. python MNIST_train.py --setting 2 ')
     again = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1')
     assert again.returncode == 0, again.stderr
-    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
+    history_file = tmp_path / 'out' / 'setting_2' / 'history.json'
+    history = json.loads(history_file.read_text(encoding='utf-8'))
     assert [e['epoch'] for e in history['epochs']] == [1] and history['hyperparameters']['epochs'] == 1
+    history_file.write_text(json.dumps({**history, 'epochs': []}), encoding='utf-8')  # killed before its rewrite
+    assert_clean_error(run_main('MNIST_train.py', '--setting', '2', '--epochs', '1'), 'already holds results')
 
 
 def snapshot(folder):
@@ -269,6 +272,19 @@ def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, t
     evaluated = run_main('MNIST_evaluation.py')
     lines = [line.split(':')[0] for line in evaluated.stdout.splitlines() if 'accuracy of the' in line]
     assert lines == ['Setting 2 seed 0', 'Setting 2 seed 1'] and not (setting / 'history.json').exists()
+
+
+def test_a_settings_own_run_and_its_seeds_started_together_do_not_both_train(run_main, tmp_path):
+    """Each command checks the other's folder after locking its own, so the second to lock is refused, also while the
+    first has written nothing yet (here the other command's lock, held from its first moment)."""
+    setting = tmp_path / 'out' / 'setting_2'
+    with runs.lock(setting):
+        refused = run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1')
+        assert_clean_error(refused, f'{setting} holds a run without --seeds')
+    with runs.lock(setting / 'seed_1'):
+        refused = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1')
+        assert_clean_error(refused, f'{setting} holds runs of several seeds')
+    assert not [p for p in setting.rglob('*') if p.is_file() and p.name != '.lock']
 
 
 def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
