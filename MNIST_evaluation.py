@@ -98,7 +98,8 @@ def own_digits(args):
     found = trained_runs(args.setting or list(Config.settings), args)
     loaded = [(label, *run) for _, label, _, run in found if not isinstance(run, ValueError) and run[0]]
     if not loaded:
-        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, 2)}')
+        example = train_command(args, args.setting[0] if args.setting else 2)
+        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {example}')
     label, model, checkpoint, history = max(loaded, key=lambda run: run[-1]['best_val_accuracy'])
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
