@@ -208,11 +208,12 @@ def spread(names, rows):
     if len(ranked) < 2 or accuracy(rows[ranked[0]]) == accuracy(rows[ranked[1]]):
         return []
     (n, a), (m, b) = ((k, accuracy(rows[k])) for k in ranked[:2])
-    lead = f'the lead of #{n} over #{m}, {points(a, b)},'
-    if len(rows[n]) == 1:
-        return [f'In single runs, {lead} may be chance; `--seeds 3` measures the spread'] if a - b < 1 else []
+    if len(rows[n]) == 1:  # the size of the lead is in the line that compares the two
+        chance = f'In single runs, the lead of #{n} over #{m} may be chance; `--seeds 3` measures the spread'
+        return [chance] if a - b < 1 else []
     sd = max(round(statistics.stdev(100 * r['accuracy'] for r in rows[k]), 2) for k in (n, m))
     within = 'within' if round(a - b, 2) <= sd else 'more than'
+    lead = f'the lead of #{n} over #{m}, {points(a, b)},'
     return [f'Over {len(rows[n])} seeds, {lead} is {within} the spread between them (± up to {sd:.2f}%)']
 
 
