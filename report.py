@@ -151,7 +151,7 @@ def alike(names, rows):
     return kept, [f'Setting #{n} ({described(rows[n])}) {refused}' for n, p in zip(names, plans) if p != common]
 
 
-def lead(names, rows, form='Setting #{name}', ref=None):
+def lead(names, rows, form='Setting #{name}', ref=None, margin=True):
     """The best of these settings, written as `form`, and its margin over `ref` (else the next best), or the tie."""
     ranked = sorted(names, key=lambda n: accuracy(rows[n]), reverse=True)
     best, a = ranked[0], accuracy(rows[ranked[0]])
@@ -161,6 +161,8 @@ def lead(names, rows, form='Setting #{name}', ref=None):
     b, (x, y) = accuracy(rows[other]), (form.format(name=n, **hyper(rows[n])) for n in (best, other))
     if a == b:
         return f'{x} and {y} tied at {a:.2f}%'
+    if not margin:
+        return f'{x} led with {a:.2f}%, ahead of {y}'
     return f'{x} beat {y} by {points(a, b)}' if len(names) == 2 else f'{x} led with {a:.2f}%, {points(a, b)} above {y}'
 
 
@@ -226,8 +228,10 @@ def summary(rows, config):
     if main:
         main, refused = alike(main, rows)
         optimizers = versus(main, rows, {'optimizer', 'lr'}, 'At λ = {weight_decay:g}', '{optimizer} (#{name})')
-        compared = [*optimizers, *weight_decay(main, rows)]  # two settings that one of these compares need no lead
-        lines += [lead(main, rows)] if len(main) != 2 or not compared else []
+        compared = [*optimizers, *weight_decay(main, rows)]
+        top = sorted(main, key=lambda n: accuracy(rows[n]), reverse=True)[:2]
+        said = any(all(f'(#{n})' in line for n in top) for line in compared)  # the lead's size, which the lead omits
+        lines += [] if len(main) == 2 and said else [lead(main, rows, margin=not said)]
         lines += [*compared, *overfitting(main, rows)]
         lines += [*spread(main, rows), *refused]
     if extras and main[0] in four:

@@ -147,7 +147,7 @@ def test_the_four_settings_in_at_most_120_words_one_claim_a_line():
     found |= {3: made_up(3, 0.9711, train_loss=0.02), 4: made_up(4, 0.972, train_loss=0.09)}
     lines = check_report(found)
     assert lines == [
-        'Setting #2 led with 97.87%, 0.07 points above Setting #1',
+        'Setting #2 led with 97.87%, ahead of Setting #1',  # by the margin that the next line gives
         'At λ = 0, Adam (#2) beat Adadelta (#1) by 0.07 points',
         'At λ = 0.01, Adam (#4) beat Adadelta (#3) by 0.09 points',
         'With Adadelta, λ = 0.01 (#3) scored 0.69 points below λ = 0 (#1), with a final training loss of 0.02 '
