@@ -119,13 +119,6 @@ def run_script(main, interrupted='Interrupted.'):
         fail(f'cannot write {e.filename}: {reason if full else e.strerror}')
 
 
-def start_method(device):
-    """How --jobs starts its workers: forked on Linux CPUs (no second import of torch), else spawned as fresh
-    processes (Windows and macOS, and CUDA, which survives no fork). MNIST_START_METHOD chooses, for the tests."""
-    forks = device.type == 'cpu' and sys.platform == 'linux'
-    return os.environ.get('MNIST_START_METHOD', 'fork' if forks else 'spawn')
-
-
 def run_all(train, runs, jobs, device):
     """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went
     well. Stopping this process (Ctrl-C, SIGTERM) stops every worker. Forked workers share what this process has
@@ -135,7 +128,10 @@ def run_all(train, runs, jobs, device):
         return all([train(*run) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe
-    context = multiprocessing.get_context(start_method(device))
+    # forked on Linux CPUs (no second import of torch), else spawned as fresh processes (Windows and macOS, and CUDA,
+    # which survives no fork); MNIST_START_METHOD chooses, for the tests
+    forks = device.type == 'cpu' and sys.platform == 'linux'
+    context = multiprocessing.get_context(os.environ.get('MNIST_START_METHOD', 'fork' if forks else 'spawn'))
     workers = [context.Process(target=work, args=(train, runs[i::jobs], threads)) for i in range(jobs)]
     for worker in workers:
         worker.start()
