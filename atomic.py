@@ -79,9 +79,8 @@ def put_in_place(files, patience=3.0):
     except OSError as e:  # naming the file that was being written or renamed
         raise OSError(e.errno, e.strerror, path) from None
     finally:
-        for temp in temps.values():
-            if os.path.exists(temp):
-                os.remove(temp)
+        for temp in filter(os.path.exists, temps.values()):
+            os.remove(temp)
 
 
 def save_csv(path, rows):
