@@ -2,7 +2,6 @@
 
 import argparse
 import errno
-import multiprocessing
 import multiprocessing.connection
 import os
 import shlex
