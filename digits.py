@@ -99,9 +99,7 @@ def normalise(image):
     digit /= digit.max()
     centre = [(digit.sum(1 - axis) * torch.arange(n)).sum() / digit.sum() for axis, n in enumerate(size)]
     top, left = (min(max(round(14 - c.item()), 0), 28 - n) for c, n in zip(centre, size))  # as in MNIST
-    x = torch.zeros(28, 28)
-    x[top : top + size[0], left : left + size[1]] = digit
-    return x.flatten()
+    return F.pad(digit, (left, 28 - left - size[1], top, 28 - top - size[0])).flatten()
 
 
 def show_reading(axes, image, x, probabilities, title):
