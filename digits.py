@@ -106,7 +106,7 @@ def show_reading(axes, image, x, probabilities, title):
     """Three panels: an image as given, the 28x28 that the network sees, and the ten probabilities it gives."""
     for ax in axes:
         ax.clear()
-    axes[0].imshow(pil_to_tensor(image.convert('RGBA')).permute(1, 2, 0).numpy())  # as given, transparency and all
+    axes[0].imshow(image.convert('RGBA'))  # as given, transparency and all
     axes[1].imshow(x.view(28, 28).numpy(), cmap='gray', vmin=0, vmax=1)
     axes[0].set(title=title, xticks=[], yticks=[])
     axes[1].set(title='what the network sees', xticks=[], yticks=[])
