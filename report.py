@@ -232,8 +232,7 @@ def summary(rows, config):
         top = sorted(main, key=lambda n: accuracy(rows[n]), reverse=True)[:2]
         said = any(all(f'(#{n})' in line for n in top) for line in compared)  # the lead's size, which the lead omits
         lines += [] if len(main) == 2 and said else [lead(main, rows, margin=not said)]
-        lines += [*compared, *overfitting(main, rows)]
-        lines += [*spread(main, rows), *refused]
+        lines += [*compared, *overfitting(main, rows), *spread(main, rows), *refused]
     if extras and main[0] in four:
         kept, refused = alike(extras, rows)
         lines += [f'Of the additional experiments, {lead(kept, rows)}', *refused]
