@@ -23,6 +23,7 @@ def plot_val_accuracy(histories, path):
         ax.plot(range(1, len(acc) + 1), acc)
         ax.plot(best, acc[best - 1], 'o', color='tab:red', label=f'best: epoch {best}, {acc[best - 1]:.2f}%')
         ax.set(title=title, xlabel='epoch', ylabel='validation accuracy (%)')
+        ax.locator_params(axis='x', integer=True, min_n_ticks=1)  # whole epochs, also for a run of a few
         ax.grid(alpha=0.3)
         ax.legend(loc='lower right')
     fig.tight_layout()
@@ -36,9 +37,10 @@ def plot_learning_curves(histories, path):
     for ax, (title, history) in zip(axes[0], histories.items()):
         epochs = range(1, len(history['epochs']) + 1)
         for key, label in (('train_loss', 'training loss'), ('val_loss', 'validation loss')):
-            ax.plot(epochs, [e[key] for e in history['epochs']], label=label)
+            ax.plot(epochs, [e[key] for e in history['epochs']], marker='o' if len(epochs) == 1 else '', label=label)
         ax.axvline(history['best_epoch'], color='tab:red', linestyle=':', label=f'best epoch {history["best_epoch"]}')
         ax.set(title=title, xlabel='epoch', ylabel='loss (log scale)', yscale='log')
+        ax.locator_params(axis='x', integer=True, min_n_ticks=1)
         ax.grid(alpha=0.3)
         ax.legend(loc='lower left')
     fig.tight_layout()
