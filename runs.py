@@ -221,6 +221,13 @@ def load_state(folder, model, optimizer, scheduler, history):
             )
         elif before != 'cpu':
             torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
+        threads = state['history'].get('threads', history['threads'])
+        if before == device.type == 'cpu' and threads != history['threads']:  # its sums are added in another order
+            print(
+                f'warning: {folder} continues with another number of CPU threads ({threads} before, '
+                f'{history["threads"]} now): not bit-exact',
+                file=sys.stderr,
+            )
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f'cannot resume from {path} ({e}); pass --force to start over') from None
     if not same:
@@ -228,7 +235,7 @@ def load_state(folder, model, optimizer, scheduler, history):
             f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
             'other epochs too); pass --force to start over'
         )
-    return {**state['history'], 'hyperparameters': history['hyperparameters'], 'device': history['device']}
+    return {**state['history'], **{k: history[k] for k in ('hyperparameters', 'device', 'threads')}}
 
 
 def save_state(folder, model, optimizer, scheduler, history):

@@ -453,6 +453,24 @@ def test_resume_extends_a_finished_run_unless_its_schedule_spans_the_epochs(run_
     assert_clean_error(refused, 'other epochs', '--force')
 
 
+def test_a_resume_with_another_number_of_threads_says_it_is_not_bit_exact(run_main, tmp_path):
+    """A run resumed on another share of the cores (another --jobs) adds its sums in another order: one line says
+    so, and the history records the new number; resumed on the same, it says nothing."""
+    args, threads = ('MNIST_train.py', '--setting', '2', '--device', 'cpu'), torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert run_main(*args, '--epochs', '1').returncode == 0
+    finally:
+        torch.set_num_threads(threads)
+    resumed = run_main(*args, '--epochs', '2', '--resume')
+    warning = f'continues with another number of CPU threads ({threads + 1} before, {threads} now): not bit-exact'
+    assert resumed.returncode == 0 and resumed.stderr.count(warning) == 1, resumed.stderr
+    history = json.loads((tmp_path / 'out' / 'setting_2' / 'history.json').read_text(encoding='utf-8'))
+    assert history['threads'] == threads and len(history['epochs']) == 2
+    again = run_main(*args, '--epochs', '3', '--resume')
+    assert again.returncode == 0 and again.stderr == ''
+
+
 def test_unwritable_output_folder(run_main, tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('not a folder', encoding='utf-8')
