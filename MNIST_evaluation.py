@@ -35,7 +35,9 @@ def load_run(folder, device, before=None):
         runs.check_history(history, Config.base)
         model = build_model(history['hyperparameters']).to(device)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):  # RuntimeError: a network of no possible size
-        raise ValueError(f'{path} is missing or damaged; train the setting again') from None
+        raise ValueError(
+            f'{path} is missing or damaged; --resume writes it again from last.pth, if that is whole'
+        ) from None
     if not history['best_epoch']:
         return None, None, history
     try:
@@ -150,6 +152,8 @@ def main(argv=None):
     notes = [line for run in seen if (line := note(*run, rows.get(run[0]), args))]
     for line in notes:
         print(line)
+    if skipped and not found:
+        cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
     if not found:
         cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, names[0])}')
     with atomic.together():  # the report and its pictures, the previous ones or these, whole

@@ -91,8 +91,7 @@ def train_setting(name, seed, folder, args):
             history = runs.load_state(folder, model, optimizer, scheduler, history)
         except ValueError as e:
             cli.fail(e)
-    if not history['epochs']:  # so that the report names a run stopped in its first epoch
-        runs.save_history(folder, history)
+    runs.save_history(folder, history)  # the report names a run stopped in its first epoch; --resume mends a history
     label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):
         start = time.perf_counter()

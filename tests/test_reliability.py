@@ -651,6 +651,20 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(run_m
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
 
 
+def test_a_damaged_history_is_written_again_by_resume_as_the_evaluation_says(run_main, trained):
+    """The history is also in the state after the last epoch: the evaluation names the damaged file and the way to
+    mend it, which works, rather than a way to train what is trained."""
+    path, cpu = trained / 'setting_2' / 'history.json', ('--setting', '2', '--device', 'cpu')
+    epochs = json.loads(path.read_text(encoding='utf-8'))['epochs']
+    path.write_text('{"epochs": [', encoding='utf-8')
+    result = run_main('MNIST_evaluation.py', *cpu)
+    assert_clean_error(result, f'{path} is missing or damaged; --resume writes it again', 'could be evaluated')
+    assert 'train one first' not in result.stderr
+    assert run_main('MNIST_train.py', *cpu, '--epochs', '1', '--resume').returncode == 0
+    assert json.loads(path.read_text(encoding='utf-8'))['epochs'] == epochs
+    assert run_main('MNIST_evaluation.py', *cpu).returncode == 0
+
+
 HISTORY_DAMAGE = {
     'no best epoch': lambda h: h.pop('best_epoch'),
     'no learning rate': lambda h: h['hyperparameters'].pop('lr'),
