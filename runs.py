@@ -119,15 +119,13 @@ def open_run(setting, folder, resume=False, force=False):
 
 
 def finished(folder):
-    """Whether the run in `folder` finished an epoch: it left a result other than the history written as it starts,
-    which lists no epoch, or its history lists one."""
-    if any(os.path.basename(path) != 'history.json' for path in results(folder)):
-        return True
+    """Whether the run in `folder` finished an epoch: its history lists one, or it saved the state after one (which a
+    history written as the run starts does not list yet), or it left results without a history."""
     try:
         with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
-            return bool(json.load(f)['epochs'])
+            return bool(json.load(f)['epochs']) or os.path.exists(os.path.join(folder, 'last.pth'))
     except FileNotFoundError:
-        return False
+        return bool(results(folder))
     except (OSError, ValueError, KeyError, TypeError):
         return True
 

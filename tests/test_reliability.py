@@ -301,6 +301,33 @@ def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
     assert evaluated.returncode == 0 and 'Setting 2: accuracy of the' in evaluated.stdout, evaluated.stderr
 
 
+KILL_AT_RENAME = """
+import os, signal
+real_replace, renames = os.replace, []
+def replace(src, dst):
+    renames.append(dst)
+    if len(renames) == {k}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.replace = replace
+"""
+
+
+@posix_signals
+@pytest.mark.parametrize('k', [2, 3, 4])
+def test_a_run_killed_as_it_saves_its_first_epoch_resumes_exactly(harness, run_main, tmp_path, k):
+    """Killed before its best checkpoint (k=2), its state (3) or its history (4) is in place: --resume, which the
+    evaluation prints, gives the uninterrupted run, whichever files the first epoch left."""
+    args = ('--setting', '2', '--epochs', '2', '--device', 'cpu')
+    assert run_main('MNIST_train.py', *args, out=tmp_path / 'ref').returncode == 0
+    assert harness('MNIST_train', KILL_AT_RENAME.format(k=k), *args).returncode == -signal.SIGKILL
+    assert '--epochs 2 --resume' in run_main('MNIST_evaluation.py', '--device', 'cpu').stdout
+    resumed = run_main('MNIST_train.py', *args, '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert history_without_times(tmp_path / 'out') == history_without_times(tmp_path / 'ref')
+    assert_same_state(best_state(tmp_path / 'out'), best_state(tmp_path / 'ref'))
+
+
 @pytest.mark.parametrize(
     'args, phrase',
     [
