@@ -141,6 +141,11 @@ def run_all(train, runs, jobs, device):
         for worker in workers:
             worker.terminate()
             worker.join()
+    for code in (worker.exitcode for worker in workers if worker.exitcode < 0):  # killed: out of memory, say
+        print(
+            f'error: a worker was killed ({signal.Signals(-code).name}); continue its runs with --resume',
+            file=sys.stderr,
+        )
     return all(worker.exitcode == 0 for worker in workers)
 
 

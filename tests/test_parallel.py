@@ -93,6 +93,27 @@ def test_a_stopped_jobs_run_leaves_no_worker_keeps_their_epochs_and_resumes(
         assert len(history_without_times(tmp_path / 'out', f'2/seed_{seed}')) == max(done) + 1
 
 
+@pytest.mark.skipif(not hasattr(os, 'pidfd_open'), reason='finds the workers in /proc: Linux only')
+def test_a_worker_killed_by_the_system_is_named_in_one_sentence(big_data, tmp_path, run_main):
+    """A worker killed from outside (the out-of-memory killer sends SIGKILL): the other trains on, then the command
+    ends with one sentence that names the signal and how to continue, which works."""
+    args = '--setting 2 --seeds 2 --epochs 3 --jobs 2 --device cpu'.split()
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), *args]
+    cmd += ['--data-dir', str(big_data), '--out-dir', str(tmp_path / 'out')]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding='utf-8', env=script_env())
+    assert 'epoch   1/3' in proc.stdout.readline()
+    (worker, _) = [pid for pid in children(proc.pid) if 'resource_tracker' not in cmdline(pid)]
+    os.kill(int(worker), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and 'Traceback' not in err, err
+    assert err.strip() == 'error: a worker was killed (SIGKILL); continue its runs with --resume'
+    assert out.count('epoch   3/3') == 1  # the other worker trained its run to the end
+    resumed = run_main('MNIST_train.py', *args[:6], '--device', 'cpu', '--resume', data=big_data)
+    assert resumed.returncode == 0, resumed.stderr
+    for seed in (0, 1):
+        assert len(history_without_times(tmp_path / 'out', f'2/seed_{seed}')) == 3
+
+
 def stat(pid):
     """The fields of /proc/PID/stat after the command's name (state, parent, ...), or [] once it is gone."""
     try:
