@@ -42,7 +42,7 @@ def read_image(path):
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError
-                image.load()
+                image = ImageOps.exif_transpose(image)  # a phone's photo, turned as it was taken
                 return image.convert('LA') if image.mode == 'La' else eight_bits(image)  # Pillow makes La LA only
     except FileNotFoundError:
         raise ValueError('no such file or folder') from None
@@ -59,7 +59,7 @@ def eight_bits(image):
     the smallest of 0-1 (floating point below 2 only), 0-255, 0-65535 and 0-2147483647 that holds its values."""
     if image.mode not in ('I', 'F') and not image.mode.startswith('I;16'):
         return image
-    floating, image = image.mode == 'F', ImageOps.exif_transpose(image).convert('F')
+    floating, image = image.mode == 'F', image.convert('F')
     high = image.getextrema()[1]  # a resampled floating-point image overshoots 1 a little
     top = 1 if floating and high < 2 else next((r for r in (255, 65535) if high <= r), 2**31 - 1)
     return image.point(lambda v: v * 255 / top + 0.5).convert('L')  # rounded: convert() truncates
@@ -69,7 +69,7 @@ def normalise(image):
     """A digit image (PIL) as MNIST made its digits: white ink on black, cropped to the ink, the longer side
     fitted to 20 pixels with anti-aliasing, placed in 28x28 with its centre of mass at the centre. Returns
     [784] floats in [0, 1]; ValueError if the image holds no ink."""
-    image = ImageOps.exif_transpose(image).convert('RGBA')  # a phone's photo, turned as it was taken
+    image = image.convert('RGBA')
     image.thumbnail((1024, 1024))
     grey, alpha = pil_to_tensor(image.convert('LA')).float().div(255)
     if alpha.min() < 1:  # transparent pixels are paper: lay the ink on paper of the other brightness

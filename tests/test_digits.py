@@ -196,6 +196,16 @@ def test_every_mode_and_bit_depth_reads_as_its_8_bit_twin(tmp_path, size, paper,
         assert what_the_network_sees(tmp_path / name) == seen, name
 
 
+def test_a_photo_is_read_and_shown_upright_as_its_camera_turned_it(tmp_path):
+    """A phone stores a photo as its sensor saw it, with an EXIF orientation: read (and shown as given) upright."""
+    upright = Image.new('L', (40, 60), 230)
+    ImageDraw.Draw(upright).line([(5, 8), (35, 8), (15, 55)], fill=20, width=6)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored image is to be turned 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / 'phone.png', exif=exif)
+    assert np.array_equal(np.asarray(digits.read_image(tmp_path / 'phone.png')), np.asarray(upright))
+
+
 def test_a_folder_reads_every_image_type_and_says_what_it_passed_over(run_main, trained, tmp_path):
     """A clear dark 7 as an 8-bit PNG, a 16-bit PNG, a 32-bit integer TIFF and a floating-point TIFF, in a folder
     with a text file and a folder: each image reads as the 8-bit one, and one line names what it passed over."""
