@@ -108,7 +108,7 @@ def show_reading(axes, image, x, probabilities, title):
         ax.clear()
     axes[0].imshow(image.convert('RGBA'))  # as given, transparency and all
     axes[1].imshow(x.view(28, 28).numpy(), cmap='gray', vmin=0, vmax=1)
-    axes[0].set(title=title, xticks=[], yticks=[])
+    axes[0].set(title=title, xticks=[], yticks=[], facecolor='0.75')  # grey where the image is transparent
     axes[1].set(title='what the network sees', xticks=[], yticks=[])
     bars = axes[2].bar(range(10), (100 * probabilities).numpy(), color='tab:gray')
     digit = probabilities.argmax().item()
