@@ -42,7 +42,7 @@ def plot_learning_curves(histories, path):
         ax.set(title=title, xlabel='epoch', ylabel='loss (log scale)', yscale='log')
         ax.locator_params(axis='x', integer=True, min_n_ticks=1)
         ax.grid(alpha=0.3)
-        ax.legend(loc='lower left')
+        ax.legend()  # where it hides the fewest points
     fig.tight_layout()
     save_figure(fig, path)
 
