@@ -100,7 +100,7 @@ def write_report(rows, notes, x, y, out_dir, config):
         if n not in config.groups['all'] + config.groups['wd']
     }
     best, claims = summary(rows, config)
-    title = f'Setting #{best}' + (f' seed {rows[best][0]["history"]["seed"]}' if len(rows[best]) > 1 else '')
+    title = shown(best, rows[best])
     body = '# MNIST 4-layer perceptron: evaluation report\n\n'
     if assignment:
         plot = '![Validation accuracy](val_accuracy.png)'
@@ -123,10 +123,15 @@ def write_report(rows, notes, x, y, out_dir, config):
     atomic.save_csv(
         os.path.join(out_dir, 'report.csv'), [['Setting', *table[best]], *([n, *t.values()] for n, t in table.items())]
     )
-    panels = {f'Setting #{n}': r[0]['history'] for n, r in rows.items() if n in config.groups['all'] or not assignment}
+    panels = {shown(n, r): r[0]['history'] for n, r in rows.items() if n in config.groups['all'] or not assignment}
     pictures.plot_val_accuracy(panels, os.path.join(out_dir, 'val_accuracy.png'))
     pictures.plot_learning_curves(panels, os.path.join(out_dir, 'learning_curves.png'))
     pictures.plot_mistakes(rows[best][0], x, y, title, out_dir)
+
+
+def shown(name, results):
+    """The title of the pictures of a setting's row, which show its first run."""
+    return f'Setting #{name}' + (f' seed {results[0]["history"]["seed"]}' if len(results) > 1 else '')
 
 
 def hyper(results):
