@@ -15,7 +15,7 @@ import atomic
 import pictures
 
 IMAGE_TYPES = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}  # that Pillow opens
-MAX_PIXELS = 40_000_000  # a larger photo (48 megapixels from a phone) reads as well once scaled down
+MAX_PIXELS = 50_000_000  # a phone's photo of 48 megapixels; a larger image is refused, to be scaled down first
 
 
 def image_files(path):
@@ -42,6 +42,7 @@ def read_image(path):
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError
+                image.draft(None, (1024, 1024))  # a JPEG is decoded at a half, a quarter or an eighth, if larger
                 image = ImageOps.exif_transpose(image)  # a phone's photo, turned as it was taken
                 return image.convert('LA') if image.mode == 'La' else eight_bits(image)  # Pillow makes La LA only
     except FileNotFoundError:
@@ -106,7 +107,9 @@ def show_reading(axes, image, x, probabilities, title):
     """Three panels: an image as given, the 28x28 that the network sees, and the ten probabilities it gives."""
     for ax in axes:
         ax.clear()
-    axes[0].imshow(image.convert('RGBA'))  # as given, transparency and all
+    shown = image.convert('RGBA')  # as given, transparency and all
+    shown.thumbnail((560, 560))  # as large as a panel shows it: drawing millions of pixels takes seconds and GBs
+    axes[0].imshow(shown)
     axes[1].imshow(x.view(28, 28).numpy(), cmap='gray', vmin=0, vmax=1)
     axes[0].set(title=title, xticks=[], yticks=[], facecolor='0.75')  # grey where the image is transparent
     axes[1].set(title='what the network sees', xticks=[], yticks=[])

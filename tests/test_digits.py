@@ -62,7 +62,7 @@ def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(run_main, t
         images / 'notes.png': 'not a PNG, JPEG, BMP, GIF or WebP image',
         images / 'cut.png': 'the image is damaged or truncated',
         images / 'blank.png': 'no ink: the image is blank',
-        images / 'huge.png': 'the image is larger than 40 megapixels; scale it down',
+        images / 'huge.png': 'the image is larger than 50 megapixels; scale it down',
         images / 'empty': 'the folder holds no images',
         tmp_path / 'missing.png': 'no such file or folder',
     }
@@ -204,6 +204,17 @@ def test_a_photo_is_read_and_shown_upright_as_its_camera_turned_it(tmp_path):
     exif[0x0112] = 6  # the stored image is to be turned 90 degrees clockwise
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / 'phone.png', exif=exif)
     assert np.array_equal(np.asarray(digits.read_image(tmp_path / 'phone.png')), np.asarray(upright))
+
+
+def test_a_phones_48_megapixel_photo_is_read_at_the_size_it_needs(tmp_path):
+    """A JPEG of 8000x6000 pixels is decoded at a quarter of its size, more than normalise keeps: the same digit."""
+    photo = Image.new('RGB', (8000, 6000), (225, 222, 215))
+    ImageDraw.Draw(photo).line([(2500, 1200), (5500, 1200), (3500, 5000)], fill=(30, 30, 40), width=400)
+    photo.save(tmp_path / 'phone.jpg')
+    image = digits.read_image(tmp_path / 'phone.jpg')
+    assert image.size == (2000, 1500)
+    with Image.open(tmp_path / 'phone.jpg') as whole:  # decoded whole: the same digit
+        assert torch.allclose(digits.normalise(image), digits.normalise(whole), atol=0.05)
 
 
 def test_a_folder_reads_every_image_type_and_says_what_it_passed_over(run_main, trained, tmp_path):
