@@ -141,9 +141,11 @@ def run_all(train, runs, jobs, device):
         for worker in workers:
             worker.terminate()
             worker.join()
-    for code in (worker.exitcode for worker in workers if worker.exitcode < 0):  # killed: out of memory, say
+    killed = [signal.Signals(-worker.exitcode).name for worker in workers if worker.exitcode < 0]
+    if killed:  # from outside: by the out-of-memory killer, say
         print(
-            f'error: a worker was killed ({signal.Signals(-code).name}); continue its runs with --resume',
+            f'error: {len(killed)} of {jobs} workers killed ({killed[0]}); run the command again with --resume to '
+            'continue their runs',
             file=sys.stderr,
         )
     return all(worker.exitcode == 0 for worker in workers)

@@ -106,7 +106,10 @@ def test_a_worker_killed_by_the_system_is_named_in_one_sentence(big_data, tmp_pa
     os.kill(int(worker), signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and 'Traceback' not in err, err
-    assert err.strip() == 'error: a worker was killed (SIGKILL); continue its runs with --resume'
+    assert (
+        err.strip()
+        == 'error: 1 of 2 workers killed (SIGKILL); run the command again with --resume to continue their runs'
+    )
     assert out.count('epoch   3/3') == 1  # the other worker trained its run to the end
     resumed = run_main('MNIST_train.py', *args[:6], '--device', 'cpu', '--resume', data=big_data)
     assert resumed.returncode == 0, resumed.stderr
