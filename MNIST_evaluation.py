@@ -36,7 +36,7 @@ def load_run(folder, device, before=None):
         model = build_model(history['hyperparameters']).to(device)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):  # RuntimeError: a network of no possible size
         raise ValueError(
-            f'{path} is missing or damaged; --resume writes it again from last.pth, if that is whole'
+            f"{path} is missing or damaged; the run's own command, with --resume, writes it again from last.pth"
         ) from None
     if not history['best_epoch']:
         return None, None, history
@@ -97,8 +97,10 @@ def note(name, label, folder, history, result, row, args):
 
 def own_digits(args):
     """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
-    found = trained_runs(args.setting or list(Config.settings), args)
+    found = list(trained_runs(args.setting or list(Config.settings), args))
     loaded = [(label, *run) for _, label, _, run in found if not isinstance(run, ValueError) and run[0]]
+    if not loaded and any(isinstance(run, ValueError) for *_, run in found):
+        cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
     if not loaded:
         example = train_command(args, args.setting[0] if args.setting else 2)
         cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {example}')

@@ -685,8 +685,11 @@ def test_a_damaged_history_is_written_again_by_resume_as_the_evaluation_says(run
     epochs = json.loads(path.read_text(encoding='utf-8'))['epochs']
     path.write_text('{"epochs": [', encoding='utf-8')
     result = run_main('MNIST_evaluation.py', *cpu)
-    assert_clean_error(result, f'{path} is missing or damaged; --resume writes it again', 'could be evaluated')
-    assert 'train one first' not in result.stderr
+    mend = f"{path} is missing or damaged; the run's own command, with --resume, writes it again"
+    assert_clean_error(result, mend, 'could be evaluated')
+    own = run_main('MNIST_evaluation.py', *cpu, '--image', 'seven.png')  # no network to read it with, and why
+    assert_clean_error(own, mend, 'could be evaluated')
+    assert 'train one first' not in result.stderr + own.stderr
     assert run_main('MNIST_train.py', *cpu, '--epochs', '1', '--resume').returncode == 0
     assert json.loads(path.read_text(encoding='utf-8'))['epochs'] == epochs
     assert run_main('MNIST_evaluation.py', *cpu).returncode == 0
