@@ -75,6 +75,13 @@ def train_command(args, name, *options):
     return cli.command_line(words)
 
 
+def none_read(args, skipped, name):
+    """Stop, as no run could be read: those there are were skipped (a line said why each), or none is trained."""
+    if skipped:
+        cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
+    cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, name)}')
+
+
 def note(name, label, folder, history, result, row, args):
     """A line on a run that is unfinished (still training, stopped: how to continue, diverged) or whose `result` its
     setting's `row` leaves out of the table; else None."""
@@ -99,11 +106,8 @@ def own_digits(args):
     """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
     found = list(trained_runs(args.setting or list(Config.settings), args))
     loaded = [(label, *run) for _, label, _, run in found if not isinstance(run, ValueError) and run[0]]
-    if not loaded and any(isinstance(run, ValueError) for *_, run in found):
-        cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
     if not loaded:
-        example = train_command(args, args.setting[0] if args.setting else 2)
-        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {example}')
+        none_read(args, any(isinstance(run, ValueError) for *_, run in found), args.setting[0] if args.setting else 2)
     label, model, checkpoint, history = max(loaded, key=lambda run: run[-1]['best_val_accuracy'])
     accuracy = 100 * history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
@@ -154,10 +158,8 @@ def main(argv=None):
     notes = [line for run in seen if (line := note(*run, rows.get(run[0]), args))]
     for line in notes:
         print(line)
-    if skipped and not found:
-        cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
     if not found:
-        cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, names[0])}')
+        none_read(args, skipped, names[0])
     with atomic.together():  # the report and its pictures, the previous ones or these, whole
         report.write_report(rows, skipped + notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')
