@@ -212,6 +212,7 @@ def load_state(folder, model, optimizer, scheduler, history):
         device, before = next(model.parameters()).device, state['history']['device'].split(':')[0]
         if (before == 'cpu') != (state.get('device_rng_state') is None):
             raise ValueError(f'its random state is not that of a run on {before}')
+        threads = state['history'].get('threads', history['threads'])
         if before != device.type:  # the other device's generator cannot be restored here
             print(
                 f'warning: {folder} continues on {device.type} after training on {before}: not bit-exact',
@@ -219,8 +220,7 @@ def load_state(folder, model, optimizer, scheduler, history):
             )
         elif before != 'cpu':
             torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
-        threads = state['history'].get('threads', history['threads'])
-        if before == device.type == 'cpu' and threads != history['threads']:  # its sums are added in another order
+        elif threads != history['threads']:  # on the CPU, whose sums it adds in another order
             print(
                 f'warning: {folder} continues with another number of CPU threads ({threads} before, '
                 f'{history["threads"]} now): not bit-exact',
