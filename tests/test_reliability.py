@@ -156,13 +156,13 @@ def test_a_run_started_in_the_background_stops_on_sigint(data_dir, tmp_path):
     assert shell.returncode == 130 and 'Interrupted; finished epochs are saved' in err, err
 
 
-KILL_DURING_WRITE = """
+KILL_AT_RENAME = """
 import os, signal
-real_replace, writes = os.replace, []
+real_replace, renames = os.replace, []
 def replace(src, dst):
-    writes.append(dst)
-    if dst.endswith('last.pth') and writes.count(dst) == 3:
-        os.kill(os.getpid(), signal.SIGKILL)  # the new state is written to its temp file, not yet in place
+    renames.append(dst)
+    if {when}:
+        os.kill(os.getpid(), signal.SIGKILL)  # the new file is written to its temp file, not yet in place
     real_replace(src, dst)
 os.replace = replace
 """
@@ -173,7 +173,9 @@ os.replace = replace
 def test_kill_during_a_checkpoint_write_loses_nothing(harness, run_main, tmp_path):
     args = ('--setting', '2', '--epochs', '5', '--device', 'cpu')
     assert run_main('MNIST_train.py', *args, out=tmp_path / 'ref').returncode == 0
-    killed = harness('MNIST_train', KILL_DURING_WRITE, *args)
+    killed = harness(
+        'MNIST_train', KILL_AT_RENAME.format(when="dst.endswith('last.pth') and renames.count(dst) == 3"), *args
+    )
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / 'out' / 'setting_2'
     assert torch.load(folder / 'last.pth', weights_only=True)['epoch'] == 2  # the old state is intact
@@ -301,18 +303,6 @@ def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
     assert evaluated.returncode == 0 and 'Setting 2: accuracy of the' in evaluated.stdout, evaluated.stderr
 
 
-KILL_AT_RENAME = """
-import os, signal
-real_replace, renames = os.replace, []
-def replace(src, dst):
-    renames.append(dst)
-    if len(renames) == {k}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_replace(src, dst)
-os.replace = replace
-"""
-
-
 @posix_signals
 @pytest.mark.parametrize('k', [2, 3, 4])
 def test_a_run_killed_as_it_saves_its_first_epoch_resumes_exactly(harness, run_main, tmp_path, k):
@@ -320,7 +310,9 @@ def test_a_run_killed_as_it_saves_its_first_epoch_resumes_exactly(harness, run_m
     evaluation prints, gives the uninterrupted run, whichever files the first epoch left."""
     args = ('--setting', '2', '--epochs', '2', '--device', 'cpu')
     assert run_main('MNIST_train.py', *args, out=tmp_path / 'ref').returncode == 0
-    assert harness('MNIST_train', KILL_AT_RENAME.format(k=k), *args).returncode == -signal.SIGKILL
+    assert (
+        harness('MNIST_train', KILL_AT_RENAME.format(when=f'len(renames) == {k}'), *args).returncode == -signal.SIGKILL
+    )
     assert '--epochs 2 --resume' in run_main('MNIST_evaluation.py', '--device', 'cpu').stdout
     resumed = run_main('MNIST_train.py', *args, '--resume')
     assert resumed.returncode == 0, resumed.stderr
