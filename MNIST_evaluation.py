@@ -6,7 +6,7 @@ python MNIST_evaluation.py --image my.png  # your own digits: image files or fol
 python MNIST_evaluation.py --draw          # draw digits with the mouse
 """
 
-import json
+import functools
 import os
 import sys
 
@@ -18,98 +18,100 @@ import runs
 from MNIST_model import Config, build_model, data_load, predict
 
 
-def evaluate_run(model, checkpoint, history, x, y):
-    """Test logits and accuracy of a run's best checkpoint, with its epoch and history."""
+def evaluate_run(model, checkpoint, run, x, y):
+    """Test logits and accuracy of a run's best checkpoint, with its epoch, history and state."""
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
-    return {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': history}
+    result = {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': run.history}
+    return result | {'state': run.state, 'run': run}
 
 
-def load_run(folder, device, before=None):
-    """A run's best-epoch network, checkpoint and history (None, None, history before a best epoch); ValueError says
-    what is wrong. A run in training may replace the best checkpoint, of epoch `before`, as it is read: read again."""
-    path = os.path.join(folder, 'history.json')
+def load_run(run, device):
+    """A run's best-epoch network, checkpoint and run; ValueError says what is wrong. A run in training may replace
+    its best checkpoint as it is read: then the run is read again."""
     try:
-        with open(path, encoding='utf-8') as f:
-            history = json.load(f)
-        runs.check_history(history, Config.base)
-        model = build_model(history['hyperparameters']).to(device)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError):  # RuntimeError: a network of no possible size
-        raise ValueError(
-            f"{path} is missing or damaged; the run's own command, with --resume, writes it again from last.pth"
-        ) from None
-    if not history['best_epoch']:
-        return None, None, history
+        model = build_model(run.history['hyperparameters']).to(device)
+    except RuntimeError as e:  # a network of no possible size
+        raise ValueError(f'{os.path.join(run.folder, "history.json")} is damaged ({e})') from None
     try:
-        return model, runs.load_checkpoint(runs.best_checkpoint(folder, history), model), history
-    except ValueError:
-        if history['best_epoch'] == before:
+        return model, runs.load_checkpoint(run.best, model), run
+    except (OSError, ValueError):
+        now = runs.read_run(run.folder, Config.base, run.seed)
+        if now.best in (None, run.best):
             raise
-        return load_run(folder, device, history['best_epoch'])
+        return load_run(now, device)
 
 
 def trained_runs(names, args, hint=()):
-    """Each run of these settings as (name, label, folder, loaded): loaded as load_run returns it, or the ValueError
-    that says why it cannot be, once said; the settings in `hint` that are not trained get a hint how to."""
+    """Each run of these settings as (name, label, run, loaded): loaded as load_run returns it, None before its first
+    best epoch, or the error that says why it cannot be read, once said; the settings in `hint` that are not trained
+    get a hint how to."""
     for name in names:
-        folders = runs.run_folders(args.out_dir, name)
-        if not folders and runs.training(runs.run_dir(args.out_dir, name)):
-            print(f'Setting {name}: still training, no epoch done yet')
-        elif not folders and name in hint:
-            print(f'Setting {name}: not trained yet; train it with: {train_command(args, name)}')
-        for folder in folders:
-            seed = '' if folder == runs.run_dir(args.out_dir, name) else f' seed {folder.rsplit("_", 1)[1]}'
-            try:
-                loaded = load_run(folder, args.device)
-            except ValueError as e:
-                print(f'Setting {name}: skipped: {e}', file=sys.stderr)
-                loaded = e
-            yield name, f'Setting {name}{seed}', folder, loaded
+        for run in runs.runs_of(args.out_dir, name, Config.base):
+            label = f'Setting {name}' + ('' if run.seed is None else f' seed {run.seed}')
+            loaded = None
+            if run.state == 'absent' and name in hint:
+                print(f'Setting {name}: not trained yet; train it with: {cli.train_command(args, name)}')
+            elif run.state in ('damaged', 'unreadable'):
+                loaded = ValueError(runs.advice(run, functools.partial(run_command, args, name, run)))
+            elif run.best:
+                try:
+                    loaded = load_run(run, args.device)
+                except ValueError as e:
+                    loaded = ValueError(f'{e}; train it again with: {run_command(args, name, run, "--force")}')
+                except OSError as e:
+                    loaded = ValueError(f'cannot read {e.filename}: {e.strerror}; give yourself access to it')
+            if isinstance(loaded, ValueError):
+                print(f'{label}: skipped: {loaded}', file=sys.stderr)
+            if run.state != 'absent':
+                yield name, label, run, loaded
 
 
-def train_command(args, name, *options):
-    """The trainer's command for a setting, with this evaluation's data and output folders where not the default."""
-    words = ['python', 'MNIST_train.py', '--setting', str(name), *options]
-    words += ['--data-dir', str(args.data_dir)] if args.data_dir != Config.data_dir else []
-    words += ['--out-dir', str(args.out_dir)] if args.out_dir != Config.out_dir else []
-    return cli.command_line(words)
+def run_command(args, name, run, *options):
+    """The trainer's command for `run` alone, with `options`: its planned epochs, its seed, these folders."""
+    if run.seed is not None:  # run I of seeds 0..I
+        return cli.train_command(args, name, *options, epochs=run.planned, seeds=run.seed + 1, task=run.seed)
+    return cli.train_command(args, name, *options, epochs=run.planned, seed=run.history and run.history['seed'])
 
 
 def none_read(args, skipped, name):
     """Stop, as no run could be read: those there are were skipped (a line said why each), or none is trained."""
     if skipped:
         cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
-    cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {train_command(args, name)}')
+    if args.setting:
+        asked = ', '.join(map(str, args.setting))
+        cli.fail(
+            f'Setting {asked} has no trained run in {args.out_dir}; train it first: {cli.train_command(args, name)}'
+        )
+    cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {cli.train_command(args, name)}')
 
 
-def note(name, label, folder, history, result, row, args):
-    """A line on a run that is unfinished (still training, stopped: how to continue, diverged) or whose `result` its
-    setting's `row` leaves out of the table; else None."""
-    trained, planned, seed = len(history['epochs']), history['hyperparameters']['epochs'], history['seed']
-    state, left_out = f'trained {trained} of {planned} epochs', result and all(result is not r for r in row)
+def note(name, label, run, result, row, args):
+    """A line on a run that is not finished (waiting, training, stopped: how to continue, diverged) or whose `result`
+    its setting's `row` leaves out of the table; else None."""
+    done = f'{run.trained} of {run.planned} epochs'
+    left_out = result and all(result is not r for r in row)
     left = f'; left out of the table (Setting #{name} there: {report.described(row)})' if left_out else ''
-    if 'diverged' in history:
-        best = f'; its best epoch, {history["best_epoch"]}, is reported' if result and not left_out else ''
-        return f'{label}: diverged at epoch {history["diverged"]} of {planned}{left}{best}'
-    if runs.training(folder):  # also a finished run that --resume extends, whose history has the old plan
-        return f'{label}: still training, {trained} of {planned} epochs done{left}'
-    if trained == planned:
-        return f'{label}: {state}{left}' if left_out else None
-    again = ['--seed', str(seed)] if seed != Config.seed else []
-    if folder != runs.run_dir(args.out_dir, name):  # a seed's run: run I of seeds 0..I
-        again = ['--seeds', str(seed + 1), '--task', str(seed)]
-    command = train_command(args, name, '--epochs', str(planned), *again, '--resume')
-    return f'{label}: {state}{left}; continue with: {command}'
+    if run.state == 'waiting':
+        return f'{label}: waiting its turn in a running command' + (f', {done} done' if run.history else '')
+    if run.state == 'training':
+        return f'{label}: training, {done} done{left}'
+    if run.state == 'diverged':
+        best = f'; its best epoch, {run.history["best_epoch"]}, is reported' if result and not left_out else ''
+        return f'{label}: diverged at epoch {run.history["diverged"]} of {run.planned}{left}{best}'
+    if run.state == 'stopped':
+        return f'{label}: trained {done}{left}; continue with: {run_command(args, name, run, "--resume")}'
+    return f'{label}: trained {done}{left}' if left_out else None
 
 
 def own_digits(args):
     """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
     found = list(trained_runs(args.setting or list(Config.settings), args))
-    loaded = [(label, *run) for _, label, _, run in found if not isinstance(run, ValueError) and run[0]]
+    loaded = [(label, *loaded) for _, label, _, loaded in found if loaded and not isinstance(loaded, ValueError)]
     if not loaded:
-        none_read(args, any(isinstance(run, ValueError) for *_, run in found), args.setting[0] if args.setting else 2)
-    label, model, checkpoint, history = max(loaded, key=lambda run: run[-1]['best_val_accuracy'])
-    accuracy = 100 * history['best_val_accuracy']
+        none_read(args, any(isinstance(loaded, ValueError) for *_, loaded in found), 2)
+    label, model, checkpoint, run = max(loaded, key=lambda loaded: loaded[-1].history['best_val_accuracy'])
+    accuracy = 100 * run.history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
 
     def read(x):  # the ten probabilities of each digit
@@ -145,21 +147,21 @@ def main(argv=None):
     except ValueError as err:
         cli.fail(err)
     found, seen, skipped = {}, [], []
-    for name, label, folder, loaded in trained_runs(names, args, hint=asked):
+    for name, label, run, loaded in trained_runs(names, args, hint=asked):
         if isinstance(loaded, ValueError):
-            skipped.append(f'Setting {name}: skipped: {loaded}')
+            skipped.append(f'{label}: skipped: {loaded}')
             continue
-        result = evaluate_run(*loaded, x, y) if loaded[0] else None
+        result = evaluate_run(*loaded, x, y) if loaded else None
         if result:
             print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {100 * result["accuracy"]:.2f}%')
             found.setdefault(name, []).append(result)
-        seen.append((name, label, folder, loaded[2], result))
+        seen.append((name, label, result['run'] if result else run, result))
     rows = {name: report.row_runs(results) for name, results in found.items()}
     notes = [line for run in seen if (line := note(*run, rows.get(run[0]), args))]
     for line in notes:
         print(line)
     if not found:
-        none_read(args, skipped, names[0])
+        none_read(args, skipped, names[0] if args.setting else 2)
     with atomic.together():  # the report and its pictures, the previous ones or these, whole
         report.write_report(rows, skipped + notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')

@@ -76,7 +76,7 @@ def training_data(data_dir, device):
 
 
 def train_setting(name, seed, folder, args):
-    """Train one setting with one seed; returns False if training diverged."""
+    """Train one setting with one seed; returns False if it could not be resumed or diverged."""
     (x_train, y_train), (x_val, y_val) = training_data(args.data_dir, args.device)
     hyper = {**setting(name), **({'epochs': args.epochs} if args.epochs else {})}
     torch.manual_seed(seed)
@@ -90,7 +90,8 @@ def train_setting(name, seed, folder, args):
         try:
             history = runs.load_state(folder, model, optimizer, scheduler, history)
         except ValueError as e:
-            cli.fail(e)
+            print(f'error: {e}; start it over with: {run_command(args, name, seed, "--force")}', file=sys.stderr)
+            return False
     runs.save_history(folder, history)  # the report names a run stopped in its first epoch; --resume mends a history
     label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):
@@ -114,7 +115,7 @@ def train_setting(name, seed, folder, args):
             history['best_epoch'], history['best_val_accuracy'] = epoch, val_acc
             # the checkpoint that the evaluation reloads; the previous one goes once the state after this epoch is saved
             best = dict(epoch=epoch, model_state_dict=model.state_dict(), hyperparameters=hyper, val_accuracy=val_acc)
-            atomic.save_torch(runs.best_checkpoint(folder, history), best)
+            atomic.save_torch(os.path.join(folder, f'epoch_{epoch}.pth'), best)
         with atomic.signals_held():  # a stop waits until the epoch is saved and its line printed
             runs.save_state(folder, model, optimizer, scheduler, history)
             print(
@@ -123,12 +124,19 @@ def train_setting(name, seed, folder, args):
             )
     if history['best_epoch']:
         pictures.plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
+        best = os.path.join(folder, f'epoch_{history["best_epoch"]}.pth')
         print(
             f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
             f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> '
-            f'{runs.best_checkpoint(folder, history)}'
+            f'{best}'
         )
     return True
+
+
+def train_run(name, seed, folder, args):
+    """A run of this command, marked as training while it trains: runs.read_run tells it from a run waiting its turn."""
+    with runs.training(folder):
+        return train_setting(name, seed, folder, args)
 
 
 def main(argv=None):
@@ -159,17 +167,48 @@ def main(argv=None):
             p.error(f'--task {args.task}: these settings and seeds make runs 0 to {len(trainings) - 1}')
         trainings = trainings[args.task : args.task + 1]
     training_data(args.data_dir, args.device)  # read once, before any folder is touched; forked workers share it
-    settings = {name: runs.run_dir(args.out_dir, name) for name, _, _ in trainings}
-    with contextlib.ExitStack() as locks:  # each folder's lock, released however this ends
+    if args.force and args.task is None:  # the command trains its settings whole
         try:
-            if args.force and (args.task is None or len(seeds) == 1):  # the command trains its settings whole
-                runs.start_over(*settings.values())
-            for name, _, folder in trainings:
-                locks.enter_context(runs.open_run(settings[name], folder, args.resume, args.force))
+            runs.start_over(*dict.fromkeys(runs.run_dir(args.out_dir, name) for name, _, _ in trainings))
         except ValueError as e:
             cli.fail(e)
-        train_one = functools.partial(train_setting, args=args)
-        return 0 if cli.run_all(train_one, trainings, args.jobs, args.device) else 1
+    with contextlib.ExitStack() as locks:  # each run's lock, released however this ends
+        claimed, refused, said = [], [], []
+        for name, seed, folder in trainings:  # a run refused is named, and the others train
+            try:
+                locks.enter_context(claim(args, name, seed, folder))
+                claimed.append((name, seed, folder))
+            except ValueError as e:
+                if f'{e}' not in said:  # a sentence on a setting is said once for all its seeds
+                    print(f'error: {e}', file=sys.stderr)
+                said.append(f'{e}')
+                refused.append(f'Setting {name}' + (f' seed {seed}' if args.seeds else ''))
+        trained = cli.run_all(functools.partial(train_run, args=args), claimed, args.jobs, args.device)
+    if refused and claimed:  # said again after the others' lines
+        print(f'error: not trained: {", ".join(refused)}; the first lines say why', file=sys.stderr)
+    return 0 if trained and not refused else 1
+
+
+def claim(args, name, seed, folder):
+    """Lock a run of this command and check that it may train (runs.open_run): the lock, or ValueError why not. A
+    refused run is not locked, so that it is not taken for one waiting its turn."""
+    held = runs.lock(folder)
+    try:
+        run = runs.read_run(folder, Config.base, seed if args.seeds else None)
+        epochs = args.epochs or setting(name)['epochs']
+        again = functools.partial(run_command, args, name, seed)
+        runs.open_run(runs.run_dir(args.out_dir, name), run, args.resume, args.force, epochs, again)
+    except ValueError:
+        held.close()
+        raise
+    return held
+
+
+def run_command(args, name, seed, *options, whole=False):
+    """The command that trains this command's run of `name` and `seed` alone (or, `whole`, the setting's every run)."""
+    one = {} if whole or not args.seeds else {'seeds': seed + 1, 'task': seed}  # run I of seeds 0..I
+    seeds = {'seeds': args.seeds} if whole else one or {'seed': seed}
+    return cli.train_command(args, name, *options, epochs=args.epochs, **seeds)
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ def common_parser(config, description, **setting):
     )
     p.add_argument('--data-dir', default=config.data_dir, help='folder holding MNIST/raw/ (default %(default)s)')
     p.add_argument('--out-dir', default=config.out_dir, help='folder for results (default %(default)s)')
+    p.set_defaults(config=config)  # for the commands printed: what they need not say
     return p
 
 
@@ -71,6 +72,19 @@ def count(minimum):
 def command_line(args):
     """A command as this platform's shell reads it, quoted where an argument holds a space or [ ]."""
     return subprocess.list2cmdline(args) if sys.platform == 'win32' else shlex.join(args)
+
+
+def train_command(args, name, *options, epochs=None, seed=None, seeds=None, task=None):
+    """The trainer's command for setting `name` with these options, and `args`' folders where not the default."""
+    words = ['python', 'MNIST_train.py', '--setting', str(name)]
+    words += ['--epochs', str(epochs)] if epochs else []
+    words += ['--seed', str(seed)] if seed not in (None, args.config.seed) else []
+    words += ['--seeds', str(seeds)] if seeds else []
+    words += ['--task', str(task)] if task is not None else []
+    words += options
+    words += ['--data-dir', str(args.data_dir)] if args.data_dir != args.config.data_dir else []
+    words += ['--out-dir', str(args.out_dir)] if args.out_dir != args.config.out_dir else []
+    return command_line(words)
 
 
 class Terminated(KeyboardInterrupt):
@@ -123,7 +137,7 @@ def run_all(train, runs, jobs, device):
     well. Stopping this process (Ctrl-C, SIGTERM) stops every worker. Forked workers share what this process has
     loaded; spawned ones share nothing."""
     jobs = min(jobs, len(runs))
-    if jobs == 1:
+    if jobs <= 1:
         return all([train(*run) for run in runs])
     threads = max(1, torch.get_num_threads() // jobs)  # each worker an equal share of the cores
     torch.set_num_threads(1)  # this process only waits: it starts no torch threads, so forking it is safe

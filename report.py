@@ -36,7 +36,7 @@ def row_runs(results):
     alike = {}
     for r in results:
         alike.setdefault((json.dumps(hyper([r]), sort_keys=True), *trained_as([r])[:3]), []).append(r)
-    return max(alike.values(), key=lambda g: (hyper(g)['epochs'] == trained_as(g)[1], len(g), trained_as(g)[1]))
+    return max(alike.values(), key=lambda g: (g[0]['state'] == 'finished', len(g), trained_as(g)[1]))
 
 
 def table_row(results):
@@ -50,7 +50,7 @@ def table_row(results):
         'Activation function': NAMES.get(h['activation'], h['activation'].capitalize()),
         '# of layers': h['layers'],
         'Layer size': h['width'],
-        'Epoch': h['epochs'] if trained == h['epochs'] else f'{trained} of {h["epochs"]}',
+        'Epoch': h['epochs'] if results[0]['state'] == 'finished' else f'{trained} of {h["epochs"]}',
         'Weight initialization': h['init'].capitalize(),
         'Optimizer': h['optimizer'],
         'Learning rate': f'{h["lr"]:g}',

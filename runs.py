@@ -1,6 +1,7 @@
 """A run on disk: what a training writes into its folder, each file whole, and reads back to resume."""
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -21,6 +22,36 @@ except ImportError:  # Windows
     fcntl = None
 
 RESULTS = ('last.pth', 'history.json', 'val_accuracy.png')  # and the best checkpoint, epoch_N.pth
+CLAIMED, TRAINING = '.lock', '.training'  # locks: a command's on each run it trains, and the one its training holds
+
+
+@dataclasses.dataclass
+class Run:
+    """A run as its folder shows it, read by read_run. `state` is one of: absent (nothing trained), waiting (a running
+    command trains it later), training, stopped (before its last planned epoch), diverged, finished, damaged or
+    unreadable (`problem` says which file and why; `mend` is the trainer's option that mends it, --resume or --force).
+    `seed` is the seed of a run of --seeds (its folder is seed_S), else None."""
+
+    folder: str
+    seed: int | None = None
+    state: str = 'absent'
+    history: dict | None = None
+    problem: str = ''
+    mend: str = ''
+
+    @property
+    def trained(self):
+        return len(self.history['epochs']) if self.history else 0
+
+    @property
+    def planned(self):
+        return self.history['hyperparameters']['epochs'] if self.history else None
+
+    @property
+    def best(self):
+        """The best epoch's checkpoint, which the history names; None before a best epoch."""
+        best_epoch = self.history['best_epoch'] if self.history else 0
+        return os.path.join(self.folder, f'epoch_{best_epoch}.pth') if best_epoch else None
 
 
 def run_dir(out_dir, name, seed=None):
@@ -29,30 +60,88 @@ def run_dir(out_dir, name, seed=None):
     return path if seed is None else os.path.join(path, f'seed_{seed}')
 
 
-def run_folders(out_dir, name):
-    """The folders of a setting's runs, those with results: one per seed, or else the setting's own folder."""
-    folder = run_dir(out_dir, name)
-    if not os.path.isdir(folder):
-        return []
-    return [seed for seed in named(folder, 'seed_N') if results(seed)] or ([folder] if results(folder) else [])
+def runs_of(out_dir, name, base):
+    """The runs of a setting: one per seed folder that holds one, or else the setting's own run (maybe absent)."""
+    setting = run_dir(out_dir, name)
+    seeds = [read_run(folder, base, int(folder.rsplit('_', 1)[1])) for folder in numbered(setting, 'seed_N')]
+    return [run for run in seeds if run.state != 'absent'] or [read_run(setting, base)]
 
 
-def named(folder, pattern):
+def numbered(folder, pattern):
     """The entries of `folder` named exactly as the project names them, `pattern` with a number for N, sorted by
     N; others (a copy, a renamed folder) are not the project's."""
+    if not os.path.isdir(folder):
+        return []
     numbers = re.compile(re.escape(pattern).replace('N', '(0|[1-9][0-9]*)'))
     found = [(int(m[1]), name) for name in os.listdir(folder) if (m := numbers.fullmatch(name))]
     return [os.path.join(folder, name) for _, name in sorted(found)]
 
 
-def best_checkpoint(folder, history):
-    """The checkpoint of the best epoch, which the run's history names."""
-    return os.path.join(folder, f'epoch_{history["best_epoch"]}.pth')
+def read_run(folder, base, seed=None):
+    """The state of the run in `folder`, decided here alone, from its files and locks. `base` holds the
+    hyperparameters, of their kinds, that a history must hold."""
+    run = Run(folder, seed)
+    last = os.path.join(folder, 'last.pth')
+    try:
+        run.history = read_history(folder, base)
+    except OSError as e:
+        return dataclasses.replace(run, state='unreadable', problem=f'cannot read {e.filename}: {e.strerror}')
+    except ValueError as e:
+        run.problem = str(e)
+    if is_locked(folder, TRAINING):
+        run.state = 'training'
+    elif run.problem or (run.history is None and os.path.exists(last)):
+        run.state, run.mend = 'damaged', '--force'
+        run.problem = run.problem or f'{os.path.join(folder, "history.json")} is missing'
+        try:  # its copy in the state after the last epoch, which --resume writes again
+            run.history, run.mend = read_state(last, base)['history'], '--resume'
+        except (OSError, ValueError) as e:
+            run.problem += f', and {e}'
+    elif run.history is None and numbered(folder, 'epoch_N.pth'):
+        best = os.path.basename(numbered(folder, 'epoch_N.pth')[-1])
+        run.state, run.mend = 'damaged', '--force'
+        run.problem = f'{folder} holds {best} without the history.json and last.pth of its run'
+    elif run.best and not os.path.exists(run.best) and read_history(folder, base) != run.history:
+        return read_run(folder, base, seed)  # a training replaced its best checkpoint as it was read
+    elif run.best and not os.path.exists(run.best):
+        run.state, run.problem, run.mend = 'damaged', f'{run.best}, its best checkpoint, is missing', '--force'
+    elif run.history and 'diverged' in run.history:
+        run.state = 'diverged'
+    elif run.history and run.trained >= run.planned:
+        run.state = 'finished'
+    elif is_locked(folder, CLAIMED):
+        run.state = 'waiting'
+    elif run.history:
+        run.state = 'stopped'
+        try:  # that --resume continues
+            if run.trained:
+                read_state(last, base)
+        except (OSError, ValueError) as e:
+            problem = f'{last} is missing' if isinstance(e, FileNotFoundError) else str(e)
+            run.state, run.problem, run.mend = 'damaged', f'{problem}, the state that --resume continues', '--force'
+    return run
+
+
+def read_history(folder, base):
+    """A run's history.json, checked; None where there is none. OSError where it cannot be read, ValueError where
+    what it holds is wrong."""
+    path = os.path.join(folder, 'history.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            history = json.load(f)
+        check_history(history, base)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # JSON's error, a byte that is not UTF-8, or check_history's
+        raise ValueError(f'{path} is damaged ({e})') from None
+    return history
 
 
 def results(folder):
     """The files of a run that the project wrote into `folder`."""
-    return [p for p in [os.path.join(folder, f) for f in RESULTS] if os.path.exists(p)] + named(folder, 'epoch_N.pth')
+    return [p for p in [os.path.join(folder, f) for f in RESULTS] if os.path.exists(p)] + numbered(
+        folder, 'epoch_N.pth'
+    )
 
 
 def save_history(folder, history):
@@ -72,11 +161,12 @@ def take(file):
 
 
 def lock(folder):
-    """Lock a run's folder, making it if need be: one run writes it at a time. Returns the lock, which the operating
-    system releases when it is closed or when this process ends, however it ends; ValueError where it cannot."""
+    """Claim a run's folder for this command, making it if need be: one command writes it at a time. Returns the
+    lock, which the operating system releases when it is closed or when this process ends, however it ends;
+    ValueError where it cannot."""
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, '.lock'), 'wb')
+        lock = open(os.path.join(folder, CLAIMED), 'wb')
     except OSError as e:
         raise ValueError(f'cannot create the output folder {folder}: {e.strerror}') from None
     try:
@@ -88,53 +178,68 @@ def lock(folder):
     return lock
 
 
+@contextlib.contextmanager
 def training(folder):
-    """Whether a run is writing `folder` now, holding its lock (False where there is no lock, or no locking)."""
-    with contextlib.suppress(OSError), open(os.path.join(folder, '.lock'), 'rb') as f:
+    """The run in `folder` trains in this block: a lock that tells it from a run that waits its turn."""
+    with open(os.path.join(folder, TRAINING), 'wb') as held:
+        with contextlib.suppress(OSError):  # a file system without locks, said once by lock()
+            take(held)
+        yield
+
+
+def is_locked(folder, name=CLAIMED):
+    """Whether a process holds the lock file `name` in `folder` (False where there is none, or no locking)."""
+    with contextlib.suppress(OSError), open(os.path.join(folder, name), 'rb') as f:
         return not take(f)
     return False
 
 
-def open_run(setting, folder, resume=False, force=False):
-    """Lock and check a run's folder, `setting`'s own or a seed's: results are continued (from their state) or deleted
-    only when asked, and a setting's own run and its seeds' runs are not trained side by side. Returns the lock."""
-    held = lock(folder)
-    for tmp in glob.glob(os.path.join(glob.escape(folder), '*.tmp')):  # left by a run killed while writing
+def open_run(setting, run, resume, force, epochs, again):
+    """Check a run that this command has claimed (lock), `setting`'s own or a seed's: results are continued or deleted
+    only when asked, and a setting's own run and its seeds' runs are not trained side by side. `epochs`: those
+    asked; again(option): this run's own command with that option (whole=True: its setting's). ValueError says why
+    it is refused."""
+    for tmp in glob.glob(os.path.join(glob.escape(run.folder), '*.tmp')):  # left by a run killed while writing
         os.remove(tmp)
-    last = os.path.join(folder, 'last.pth')
-    if folder == setting and any(results(seed) or training(seed) for seed in named(setting, 'seed_N')):
-        problem = f'{setting} holds runs of several seeds; continue them with --seeds K, or pass --force'
-    elif folder != setting and (results(setting) or training(setting)):  # each checks after taking its own lock
-        problem = f'{setting} holds a run without --seeds; to train seeds, pass --force (without --task)'
-    elif finished(folder) and not resume and not force:  # a run stopped in its first epoch has nothing to keep
-        problem = f'{folder} already holds results; pass --resume to continue them or --force to start over'
-    elif finished(folder) and not os.path.exists(last) and not force:
-        problem = f'{last} is missing; train the run again with --force, or evaluate it as it is'
-    else:
-        for path in results(folder) if force else []:
-            os.remove(path)
-        return held
-    held.close()
-    raise ValueError(problem)
+    last = os.path.join(run.folder, 'last.pth')
+    over = f'start the setting over with: {again("--force", whole=True)}'
+    if run.seed is None and any(results(seed) or is_locked(seed) for seed in numbered(setting, 'seed_N')):
+        raise ValueError(f'{setting} holds runs of several seeds; continue them with --seeds K --resume, or {over}')
+    if run.seed is not None and (results(setting) or is_locked(setting)):  # each checks after taking its own lock
+        raise ValueError(f'{setting} holds a run without --seeds; to train seeds instead, {over}')
+    if run.state in ('damaged', 'unreadable') and not force and not (resume and run.mend == '--resume'):
+        raise ValueError(advice(run, again))
+    kept = run.trained or os.path.exists(last)  # a run stopped in its first epoch has nothing to keep
+    if kept and not resume and not force:
+        further = 'train it further with --resume and a larger --epochs' if run.state == 'finished' else ''
+        further = further or f'continue it with: {again("--resume")}'
+        raise ValueError(
+            f'{run.folder} already holds results ({run.trained} of {run.planned} epochs); {further}, or start it '
+            f'over with: {again("--force")}'
+        )
+    if resume and run.trained and not os.path.exists(last):
+        raise ValueError(f'{last} is missing; train the run again with: {again("--force")}, or evaluate it as it is')
+    if resume and run.trained > epochs:
+        raise ValueError(
+            f'{run.folder} trained {run.trained} epochs, more than the {epochs} asked; it is kept as it is, and '
+            f'continues with a larger --epochs'
+        )
+    for path in results(run.folder) if force else []:
+        os.remove(path)
 
 
-def finished(folder):
-    """Whether the run in `folder` finished an epoch: its history lists one, or it saved the state after one (which a
-    history written as the run starts does not list yet), or it left results without a history."""
-    try:
-        with open(os.path.join(folder, 'history.json'), encoding='utf-8') as f:
-            return bool(json.load(f)['epochs']) or os.path.exists(os.path.join(folder, 'last.pth'))
-    except FileNotFoundError:
-        return bool(results(folder))
-    except (OSError, ValueError, KeyError, TypeError):
-        return True
+def advice(run, again):
+    """What is wrong with a damaged or unreadable run, and what mends it: again(option) is its own command."""
+    if run.state == 'unreadable':
+        return f'{run.problem}; give yourself access to it, then run again'
+    return f'{run.problem}; {"continue it" if run.mend == "--resume" else "train it again"} with: {again(run.mend)}'
 
 
 def start_over(*settings):
     """--force for a command that trains settings whole: delete the results of their every run, each one's own and its
     seeds', so that only this command's remain; every folder is locked first, so that while another process writes
     one of them, one sentence says so and nothing is deleted."""
-    folders = [run for folder in settings if os.path.isdir(folder) for run in (folder, *named(folder, 'seed_N'))]
+    folders = [run for folder in settings if os.path.isdir(folder) for run in (folder, *numbered(folder, 'seed_N'))]
     with contextlib.ExitStack() as locks:
         for run in folders:
             locks.enter_context(lock(run))
@@ -155,23 +260,33 @@ def fits(value, like):
     return isinstance(value, {float: (int, float), type(None): (str, type(None))}.get(type(like), type(like)))
 
 
-def load_checkpoint(path, model):
-    """Read a checkpoint safely (tensors and plain values only) onto the CPU and load its weights into `model`,
-    wherever the model is; ValueError says what is wrong."""
+def read_checkpoint(path):
+    """A checkpoint read safely (tensors and plain values only) onto the CPU; ValueError names what is wrong: the
+    file cannot be read (the system's reason), or what it holds."""
     try:
         with warnings.catch_warnings():  # torch's note on a foreign pickle, which is refused below anyway
             warnings.filterwarnings('ignore', 'Detected pickle protocol', UserWarning)
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f'{path} is missing') from None
+    except OSError as e:
+        raise ValueError(f'cannot read {path}: {e.strerror}') from None
     except pickle.UnpicklingError:
         raise ValueError(
             f'{path} is damaged or holds more than tensors and plain values; refused, as it could run code'
         ) from None
-    except Exception:
-        raise ValueError(f'{path} is empty, truncated or not a PyTorch checkpoint') from None
+    except (EOFError, RuntimeError):  # torch's reader on a file it read whole: empty, or no zip archive in it
+        raise ValueError(f'{path} is damaged: empty, truncated or not a PyTorch checkpoint') from None
     if not fits(checkpoint, {'epoch': 1, 'model_state_dict': {}}):
         raise ValueError(f'{path} is not a checkpoint of this project (no epoch number or model_state_dict)')
+    return checkpoint
+
+
+def load_checkpoint(path, model):
+    """Read a checkpoint and load its weights into `model`, wherever the model is; ValueError says what is wrong."""
+    return load_weights(path, read_checkpoint(path), model)
+
+
+def load_weights(path, checkpoint, model):
+    """The weights of the checkpoint read from `path` into `model`; ValueError where they do not fit it."""
     try:
         model.load_state_dict(checkpoint['model_state_dict'])
     except ValueError as e:  # the checkpoint's network differs from the one built for its run
@@ -181,12 +296,22 @@ def load_checkpoint(path, model):
     return checkpoint
 
 
+def read_state(path, hyperparameters):
+    """The state after a run's last finished epoch, with its history checked; ValueError says what is wrong."""
+    state = read_checkpoint(path)
+    try:
+        check_history(state['history'], hyperparameters)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f'{path} is damaged ({e})') from None
+    return state
+
+
 def check_history(history, hyperparameters):
     """ValueError unless a history read from a file holds every value that the evaluation and --resume read, of its
     kind (`hyperparameters` shows theirs), and its epochs numbered from 1, the best one among them."""
     n = len(history['epochs']) if fits(history, {**HISTORY, 'hyperparameters': hyperparameters}) else -1
-    numbered = n >= 0 and [e['epoch'] for e in history['epochs']] == list(range(1, n + 1))
-    if not numbered or history['best_epoch'] > n or not isinstance(history.get('diverged', 0), int):
+    in_order = n >= 0 and [e['epoch'] for e in history['epochs']] == list(range(1, n + 1))
+    if not in_order or history['best_epoch'] > n or not isinstance(history.get('diverged', 0), int):
         raise ValueError('its history lacks a value or holds one of another kind, or its epochs do not add up')
 
 
@@ -202,8 +327,7 @@ def load_state(folder, model, optimizer, scheduler, history):
     if not os.path.exists(path):
         return history
     try:
-        state = load_checkpoint(path, model)
-        check_history(state['history'], history['hyperparameters'])
+        state = load_weights(path, read_state(path, history['hyperparameters']), model)
         same = run_identity(state['history']) == run_identity(history)
         optimizer.load_state_dict(state['optimizer_state_dict'])
         if scheduler:
@@ -227,11 +351,11 @@ def load_state(folder, model, optimizer, scheduler, history):
                 file=sys.stderr,
             )
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise ValueError(f'cannot resume from {path} ({e}); pass --force to start over') from None
+        raise ValueError(f'cannot resume from {path} ({e})') from None
     if not same:
         raise ValueError(
             f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '
-            'other epochs too); pass --force to start over'
+            'other epochs too)'
         )
     return {**state['history'], **{k: history[k] for k in ('hyperparameters', 'device', 'threads')}}
 
@@ -251,6 +375,6 @@ def save_state(folder, model, optimizer, scheduler, history):
     }
     save_torch(os.path.join(folder, 'last.pth'), state)
     save_history(folder, history)
-    for path in named(folder, 'epoch_N.pth'):  # the previous best, once the state that names the new one is saved
-        if path != best_checkpoint(folder, history):
+    for path in numbered(folder, 'epoch_N.pth'):  # the previous best, once the state that names the new one is saved
+        if path != os.path.join(folder, f'epoch_{history["best_epoch"]}.pth'):
             os.remove(path)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -205,13 +206,13 @@ def test_a_run_stopped_in_its_first_epoch_is_started_again_by_the_same_command(r
         ctrl_c_at_epoch(1, patch)
         assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 130
     evaluated = run_main('MNIST_evaluation.py', '--setting', '2')
-    assert_clean_error(evaluated, 'no trained setting', 'train one first, e.g. python MNIST_train.py --setting 2 ')
+    assert_clean_error(evaluated, 'Setting 2 has no trained run', 'train it first: python MNIST_train.py --setting 2 ')
     again = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1')
     assert again.returncode == 0, again.stderr
     history_file = tmp_path / 'out' / 'setting_2' / 'history.json'
     history = json.loads(history_file.read_text(encoding='utf-8'))
     assert [e['epoch'] for e in history['epochs']] == [1] and history['hyperparameters']['epochs'] == 1
-    history_file.write_text(json.dumps({**history, 'epochs': []}), encoding='utf-8')  # killed before its rewrite
+    history_file.write_text(json.dumps({**history, 'epochs': [], 'best_epoch': 0}), encoding='utf-8')  # as it starts
     assert_clean_error(run_main('MNIST_train.py', '--setting', '2', '--epochs', '1'), 'already holds results')
 
 
@@ -250,16 +251,22 @@ def test_force_deletes_nothing_where_the_command_cannot_train(run_main, tmp_path
 
 
 def test_resume_refuses_a_run_that_kept_only_its_best_checkpoint(run_main, tmp_path):
+    """A best checkpoint without its history (copied from another machine, say) is refused in one sentence, whose
+    command then trains the run again without another refusal."""
     folder = tmp_path / 'out' / 'setting_2'
     assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
     (folder / 'last.pth').unlink()
     (folder / 'history.json').unlink()
     before = snapshot(folder)
     refused = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume')
-    assert_clean_error(refused, f'{folder / "last.pth"} is missing')
-    assert snapshot(folder) == before
+    problem = f'{folder} holds epoch_2.pth without the history.json and last.pth of its run; train it again with: '
+    assert_clean_error(refused, problem)
+    assert snapshot(folder) == before and refused.stderr.count('\n') == 1
     evaluated = run_main('MNIST_evaluation.py')  # and the evaluation names the run it cannot read
-    assert evaluated.returncode == 1 and f'Setting 2: skipped: {folder / "history.json"} is missing' in evaluated.stderr
+    assert evaluated.returncode == 1 and f'Setting 2: skipped: {problem}' in evaluated.stderr
+    command = shlex.split(evaluated.stderr.split('train it again with: ')[1].splitlines()[0])
+    assert command[:2] == ['python', 'MNIST_train.py'] and run_main(*command[1:]).returncode == 0
+    assert run_main('MNIST_evaluation.py').returncode == 0
 
 
 def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, tmp_path):
@@ -268,7 +275,8 @@ def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, t
     before = snapshot(setting)
     for extra in ([], ['--resume'], ['--task', '1', '--force']):
         refused = run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1', *extra)
-        assert_clean_error(refused, f'{setting} holds a run without --seeds', '--force (without --task)')
+        over = 'start the setting over with: python MNIST_train.py --setting 2 --epochs 1 --seeds 2 --force'
+        assert_clean_error(refused, f'{setting} holds a run without --seeds; to train seeds instead, {over}')
         assert refused.stderr.count('\n') == 1 and snapshot(setting) == before
     assert run_main('MNIST_train.py', '--setting', '2', '--seeds', '2', '--epochs', '1', '--force').returncode == 0
     evaluated = run_main('MNIST_evaluation.py')
@@ -295,9 +303,9 @@ def test_resume_never_restarts_a_run_that_has_results(run_main, tmp_path):
     (folder / 'last.pth').unlink()
     before = snapshot(folder)
     resumed = run_main('MNIST_train.py', '--setting', '2', '--epochs', '3', '--resume')
-    assert_clean_error(
-        resumed, f'{folder / "last.pth"} is missing; train the run again with --force, or evaluate it as it is'
-    )
+    again = 'python MNIST_train.py --setting 2 --epochs 3 --force'
+    assert_clean_error(resumed, f'{folder / "last.pth"} is missing; train the run again with: {again}')
+    assert resumed.stderr.rstrip().endswith(', or evaluate it as it is')
     assert resumed.stderr.count('\n') == 1 and snapshot(folder) == before
     evaluated = run_main('MNIST_evaluation.py')
     assert evaluated.returncode == 0 and 'Setting 2: accuracy of the' in evaluated.stdout, evaluated.stderr
@@ -665,7 +673,7 @@ def test_a_checkpoint_of_another_network_and_a_damaged_history_are_skipped(run_m
         result,
         f'Setting 1: skipped: {path} does not fit its run',
         "activation='sigmoid'",
-        'history.json is missing or damaged',
+        'history.json is damaged',
     )
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
 
@@ -677,7 +685,8 @@ def test_a_damaged_history_is_written_again_by_resume_as_the_evaluation_says(run
     epochs = json.loads(path.read_text(encoding='utf-8'))['epochs']
     path.write_text('{"epochs": [', encoding='utf-8')
     result = run_main('MNIST_evaluation.py', *cpu)
-    mend = f"{path} is missing or damaged; the run's own command, with --resume, writes it again"
+    mend = f'{path} is damaged (Expecting value: line 1 column 13 (char 12)); continue it with: python MNIST_train.py '
+    mend += '--setting 2 --epochs 1 --resume'
     assert_clean_error(result, mend, 'could be evaluated')
     own = run_main('MNIST_evaluation.py', *cpu, '--image', 'seven.png')  # no network to read it with, and why
     assert_clean_error(own, mend, 'could be evaluated')
@@ -703,7 +712,7 @@ def test_a_history_that_lacks_a_key_or_does_not_add_up_is_skipped(run_main, trai
     HISTORY_DAMAGE[damage](history)
     path.write_text(json.dumps(history), encoding='utf-8')
     result = run_main('MNIST_evaluation.py', '--device', 'cpu')
-    assert_clean_error(result, f'Setting 1: skipped: {path} is missing or damaged')
+    assert_clean_error(result, f'Setting 1: skipped: {path} is damaged (')
     assert result.stderr.count('\n') == 1
     assert 'Setting 2: accuracy of the 1 epoch trained model' in result.stdout
 

@@ -36,7 +36,8 @@ def test_force_starts_a_setting_over_whatever_seeds_it_had(cli, run_main, tmp_pa
     assert lines == ['Setting 2 seed 0', 'Setting 2 seed 1']
     assert 'seed 2' not in evaluated.stdout and report_rows(tmp_path / 'out')['2']['Epoch'] == '1'
     refused = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1', '--resume')  # beside the seeds' runs
-    assert_clean_error(refused, 'holds runs of several seeds', '--force')
+    over = 'start the setting over with: python MNIST_train.py --setting 2 --epochs 1 --force'
+    assert_clean_error(refused, 'holds runs of several seeds; continue them with --seeds K --resume, or ' + over)
 
 
 def test_a_stopped_run_is_reported_with_the_epochs_it_trained_and_how_to_continue(run_main, tmp_path, monkeypatch):
@@ -75,7 +76,7 @@ def test_only_the_files_the_project_wrote_count(run_main, tmp_path):
     assert f'accuracy of the {history["best_epoch"]} epoch trained model' in lines[0]
     best.write_bytes(b'not a checkpoint')
     damaged = run_main('MNIST_evaluation.py')
-    assert_clean_error(damaged, f'Setting 2: skipped: {best} is damaged')
+    assert_clean_error(damaged, f'Setting 2 seed 0: skipped: {best} is damaged')
     assert damaged.stderr.count('\n') == 1
 
 
@@ -161,12 +162,9 @@ def test_a_run_whose_lock_is_held_is_still_training_and_is_read_beside_its_train
         ctrl_c_at_epoch(2, patch)
         assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '3').returncode == 130
     folder = tmp_path / 'out' / 'setting_2'
-    held = runs.lock(str(folder))  # as its trainer holds it
-    try:
+    with runs.lock(str(folder)), runs.training(str(folder)):  # as its trainer holds them
         evaluated = run_main('MNIST_evaluation.py')
-    finally:
-        held.close()
-    assert 'Setting 2: still training, 1 of 3 epochs done' in evaluated.stdout.splitlines()
+    assert 'Setting 2: training, 1 of 3 epochs done' in evaluated.stdout.splitlines()
     assert 'continue with' not in evaluated.stdout
     real_load, trained = json.load, []
 
@@ -224,15 +222,43 @@ def test_the_commands_printed_continue_the_run_through_a_shell(big_data, tmp_pat
     assert len(history['epochs']) == 4 and history['seed'] == 5
 
 
-def test_a_setting_that_a_running_command_holds_is_still_training(run_main, tmp_path):
-    """A setting waiting its turn in `--setting all`, and a finished run that --resume extends (its history still
-    has the old plan): both are still training, not "not trained yet" or finished."""
+@posix_signals
+def test_each_run_of_a_running_command_is_said_as_it_is(big_data, tmp_path, run_main):
+    """While `--setting all` trains Setting 2: Setting 1 finished, Setting 2 training, Settings 3 and 4 waiting their
+    turn; none is "still training" when it is not, or "not trained yet" with a command that would be refused."""
+    out = tmp_path / 'out'
+    args = [*'--setting all --epochs 2 --device cpu --data-dir'.split(), str(big_data), '--out-dir', str(out)]
+    cmd = [sys.executable, os.path.join(ROOT, 'MNIST_train.py'), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding='utf-8', env=script_env())
+    try:
+        for line in proc.stdout:
+            if line.startswith('Setting 2 | epoch   1/2'):
+                proc.send_signal(signal.SIGSTOP)  # frozen in Setting 2's second epoch
+                break
+        evaluated = run_main('MNIST_evaluation.py', data=big_data)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.communicate(timeout=300)
+    lines = evaluated.stdout.splitlines()
+    assert evaluated.returncode == 0 and proc.returncode == 0, evaluated.stderr
+    assert [line.split(':')[0] for line in lines if 'accuracy of the' in line] == ['Setting 1', 'Setting 2']
+    assert 'Setting 2: training, 1 of 2 epochs done' in lines
+    assert 'Setting 3: waiting its turn in a running command' in lines
+    assert 'Setting 4: waiting its turn in a running command' in lines
+    assert not [line for line in lines if line.startswith('Setting 1: ')][1:], lines  # finished: its accuracy alone
+    report = (out / 'report.md').read_text(encoding='utf-8')
+    assert '- Setting 1' not in report and '- Setting 2: training, 1 of 2 epochs done' in report
+
+
+def test_seeds_waiting_their_turn_are_not_called_untrained(run_main, tmp_path):
+    """The seeds' runs that a command of --seeds has claimed, with nothing written yet, wait their turn."""
     import runs
 
     out = tmp_path / 'out'
     assert run_main('MNIST_train.py', '--setting', '1', '--epochs', '1').returncode == 0
-    with runs.lock(str(out / 'setting_1')), runs.lock(str(out / 'setting_3')):
+    with runs.lock(str(out / 'setting_2' / 'seed_0')), runs.lock(str(out / 'setting_2' / 'seed_1')):
         evaluated = run_main('MNIST_evaluation.py')
     lines = evaluated.stdout.splitlines()
-    assert 'Setting 1: still training, 1 of 1 epochs done' in lines
-    assert 'Setting 3: still training, no epoch done yet' in lines and 'Setting 3: not' not in evaluated.stdout
+    assert 'Setting 2 seed 0: waiting its turn in a running command' in lines
+    assert 'Setting 2 seed 1: waiting its turn in a running command' in lines
+    assert 'Setting 2: not' not in evaluated.stdout and evaluated.returncode == 0

@@ -27,7 +27,8 @@ def made_up(name, accuracy, seeds=(0,), epochs=10, trained=None, train_loss=0.01
     for seed, acc in zip(seeds, accuracy if isinstance(accuracy, list) else [accuracy] * len(seeds)):
         history = dict(hyperparameters={**setting(name), 'epochs': epochs}, epochs=losses, seed=seed, best_epoch=best)
         history |= {'training_time': 1.0} | ({'diverged': diverged} if diverged else {})
-        results.append({'accuracy': acc, 'epoch': best, 'history': history})
+        state = 'diverged' if diverged else 'finished' if trained == epochs else 'stopped'
+        results.append({'accuracy': acc, 'epoch': best, 'history': history, 'state': state})
     return results
 
 
