@@ -1,0 +1,67 @@
+"""Files the program cannot read or write, and output it cannot write, made real: each named with its path and the
+system's reason, never called damaged."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import ROOT, script_env
+from tests.test_reliability import assert_clean_error
+
+BYPASS = '-dac_override,-dac_read_search'  # the capabilities by which root reads and writes whatever it likes
+
+
+def as_a_user():
+    """The words before a command that run it as a user whom file permissions bind: root without the capabilities
+    that bypass them (a user such as nobody could not read this Python, under /root), or any other user as it is."""
+    if sys.platform == 'win32':
+        pytest.skip('chmod makes no file unreadable on Windows')
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which('setpriv'):
+        pytest.skip('running as root without setpriv (util-linux): no way to drop the permission bypass')
+    if subprocess.run(['setpriv', f'--bounding-set={BYPASS}', 'true']).returncode:
+        pytest.skip('setpriv cannot drop the permission bypass here (no CAP_SETPCAP)')
+    return ['setpriv', f'--bounding-set={BYPASS}']
+
+
+def start(script, *args, data, out, user=(), **kwargs):
+    """A script started as a user would start it, on `data`, writing into `out`."""
+    cmd = [*user, sys.executable, os.path.join(ROOT, script), *map(str, args), '--data-dir', str(data)]
+    options = {'stdout': subprocess.PIPE, 'stderr': subprocess.PIPE, 'encoding': 'utf-8', 'env': script_env(), **kwargs}
+    return subprocess.Popen([*cmd, '--out-dir', str(out), '--device', 'cpu'], **options)
+
+
+def finish(process):
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def seven(path):
+    image = Image.new('L', (100, 120), 235)
+    ImageDraw.Draw(image).line([(15, 20), (85, 20), (40, 100)], fill=25, width=12)
+    image.save(path)
+    return path
+
+
+def test_an_unreadable_image_or_folder_is_named_and_the_other_images_are_read(trained, data_dir, tmp_path):
+    user = as_a_user()
+    locked, folder, good = tmp_path / 'my7.png', tmp_path / 'photos', seven(tmp_path / 'good.png')
+    seven(locked).chmod(0)
+    folder.mkdir()
+    seven(folder / 'seven.png')
+    folder.chmod(0)
+    result = finish(
+        start('MNIST_evaluation.py', '--image', locked, folder, good, data=data_dir, out=trained, user=user)
+    )
+    assert_clean_error(
+        result,
+        f'error: {locked}: cannot read it: Permission denied\n',
+        f'error: {folder}: cannot read the folder: Permission denied\n',
+    )
+    assert result.stderr.count('\n') == 2 and 'damaged' not in result.stderr
+    assert f'{good}: 7 (' in result.stdout and (trained / 'own_digits.csv').exists()
