@@ -65,3 +65,11 @@ def test_an_unreadable_image_or_folder_is_named_and_the_other_images_are_read(tr
     )
     assert result.stderr.count('\n') == 2 and 'damaged' not in result.stderr
     assert f'{good}: 7 (' in result.stdout and (trained / 'own_digits.csv').exists()
+
+
+def test_an_unreadable_data_file_is_named_not_called_damaged(trained, data_dir):
+    images = data_dir / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte'
+    images.chmod(0)
+    result = finish(start('MNIST_evaluation.py', data=data_dir, out=trained, user=as_a_user()))
+    assert_clean_error(result, f'error: cannot read {images}: Permission denied\n')
+    assert result.stderr.count('\n') == 1 and 'replace' not in result.stderr
