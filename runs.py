@@ -76,9 +76,12 @@ def lock(folder):
     system releases when it is closed or when this process ends, however it ends; ValueError where it cannot."""
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, '.lock'), 'wb')
     except OSError as e:
         raise ValueError(f'cannot create the output folder {folder}: {e.strerror}') from None
+    try:
+        lock = open(os.path.join(folder, '.lock'), 'wb')
+    except OSError as e:
+        raise ValueError(f'cannot write in {folder}: {e.strerror}') from None
     try:
         if not take(lock):
             lock.close()

@@ -73,3 +73,25 @@ def test_an_unreadable_data_file_is_named_not_called_damaged(trained, data_dir):
     result = finish(start('MNIST_evaluation.py', data=data_dir, out=trained, user=as_a_user()))
     assert_clean_error(result, f'error: cannot read {images}: Permission denied\n')
     assert result.stderr.count('\n') == 1 and 'replace' not in result.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_by_each_command(trained, data_dir, tmp_path):
+    user = as_a_user()
+    for folder, _, files in os.walk(trained):  # chmod -R a-w
+        for path in [folder, *(os.path.join(folder, f) for f in files)]:
+            os.chmod(path, os.stat(path).st_mode & 0o555)
+    image = seven(tmp_path / 'seven.png')
+    commands = {
+        'resume': ('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume'),
+        'report': ('MNIST_evaluation.py',),
+        'image': ('MNIST_evaluation.py', '--image', image),
+    }
+    started = {name: start(*args, data=data_dir, out=trained, user=user) for name, args in commands.items()}
+    results = {name: finish(process) for name, process in started.items()}  # side by side: seconds, not minutes
+    assert_clean_error(results['resume'], f'error: cannot write in {trained / "setting_2"}: Permission denied\n')
+    assert_clean_error(results['report'], f'error: cannot write {trained / "report.md"}: Permission denied\n')
+    assert_clean_error(results['image'], f'error: cannot write {trained / "own_digits.png"}: Permission denied\n')
+    for result in results.values():
+        assert (
+            result.stderr.count('\n') == 1 and 'cannot create' not in result.stderr and '--resume' not in result.stderr
+        )
