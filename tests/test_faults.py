@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import ROOT, script_env
-from tests.test_reliability import assert_clean_error
+from tests.test_reliability import FILE_SIZE_LIMIT, assert_clean_error
 
 BYPASS = '-dac_override,-dac_read_search'  # the capabilities by which root reads and writes whatever it likes
 
@@ -95,3 +95,25 @@ def test_an_output_folder_that_cannot_be_written_is_named_by_each_command(traine
         assert (
             result.stderr.count('\n') == 1 and 'cannot create' not in result.stderr and '--resume' not in result.stderr
         )
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='no /dev/full, a device that is always full')
+def test_output_that_cannot_be_written_is_named_as_the_output(trained, data_dir, tmp_path):
+    with open('/dev/full', 'w', encoding='utf-8') as full:
+        evaluation = start('MNIST_evaluation.py', data=data_dir, out=trained, stdout=full)
+        training = start('MNIST_train.py', '--setting', '2', '--epochs', '1', data=data_dir, out=tmp_path, stdout=full)
+        results = finish(evaluation), finish(training)
+    reason = 'the disk is full; free some space, then run again'
+    assert_clean_error(results[0], f'error: cannot write the output: {reason}\n')
+    assert_clean_error(results[1], f'error: cannot write the output: {reason} (training with --resume continues)\n')
+    assert all(result.stderr.count('\n') == 1 for result in results)
+    assert '--resume' not in results[0].stderr  # the evaluation is not given the trainer's hint
+
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='no file-size limit (resource) on Windows')
+def test_a_full_disk_while_the_report_or_the_image_readings_are_written_names_the_file(harness, trained, tmp_path):
+    image = seven(tmp_path / 'seven.png')
+    for args, name in (((), 'report.md'), (('--image', image), 'own_digits.png')):
+        result = harness('MNIST_evaluation', FILE_SIZE_LIMIT.format(limit=100), '--device', 'cpu', *args)
+        assert_clean_error(result, f'error: cannot write {trained / name}: the disk is full; free some space')
+        assert result.stderr.count('\n') == 1 and '--resume' not in result.stderr
