@@ -24,7 +24,7 @@ def as_a_user():
         return []
     if not shutil.which('setpriv'):
         pytest.skip('running as root without setpriv (util-linux): no way to drop the permission bypass')
-    if subprocess.run(['setpriv', f'--bounding-set={BYPASS}', 'true']).returncode:
+    if subprocess.run(['setpriv', f'--bounding-set={BYPASS}', 'true'], capture_output=True).returncode:
         pytest.skip('setpriv cannot drop the permission bypass here (no CAP_SETPCAP)')
     return ['setpriv', f'--bounding-set={BYPASS}']
 
