@@ -18,15 +18,21 @@ def data_load(data_dir, train=True):
     raw = os.path.join(data_dir, 'MNIST', 'raw')
     if os.path.isfile(data_dir):
         raise ValueError(f'the data folder {data_dir} is a file, not a folder')
+    there = all(os.path.isfile(os.path.join(raw, f)) for f in RAW_FILES)  # then torchvision reads them, no download
     try:
         mnist = datasets.MNIST(data_dir, train=train, download=True)  # downloads only the files that are missing
         x, y = mnist.data, mnist.targets
-    except Exception:  # no download, or a file whose header or size torchvision's reader refuses
-        if not all(os.path.isfile(os.path.join(raw, f)) for f in RAW_FILES):
+    except Exception as e:
+        system = isinstance(e, OSError) and e.errno is not None  # the system's error, not the reader's on the content
+        if not there:  # no download: no network, or a folder it cannot write
+            why = f' ({e.filename}: {e.strerror})' if system and e.filename else ''
             raise ValueError(
-                f'MNIST is not in {raw} and could not be downloaded; put the four files {", ".join(RAW_FILES)} there'
+                f'MNIST is not in {raw} and could not be downloaded{why}; put the four files {", ".join(RAW_FILES)} '
+                'there'
             ) from None
-        x = y = torch.zeros(0)
+        if system:
+            raise ValueError(f'cannot read {e.filename or raw}: {e.strerror}') from None
+        x = y = torch.zeros(0)  # read, and refused by torchvision's reader: a header or size that is not MNIST's
     if x.shape[1:] != (28, 28) or len(x) != len(y) or not len(y) or y.max() > 9:
         files = ' and '.join(RAW_FILES[:2] if train else RAW_FILES[2:])
         raise ValueError(

@@ -214,4 +214,4 @@ def run_command(args, name, seed, *options, whole=False):
 if __name__ == '__main__':
     again = [a for a in sys.argv[1:] if a != '--force'] + ([] if '--resume' in sys.argv else ['--resume'])
     resume = cli.command_line(['python', 'MNIST_train.py', *again])
-    sys.exit(cli.run_script(main, f'Interrupted; finished epochs are saved. Continue with: {resume}'))
+    sys.exit(cli.run_script(main, f'Interrupted; finished epochs are saved. Continue with: {resume}', trains=True))

@@ -6,12 +6,17 @@ import csv
 import io
 import os
 import signal
+import sys
 import threading
 import time
 
 import torch
 
 HELD_OPEN = 'another program keeps it open; close that program, then run again'
+
+
+class WriteError(OSError):
+    """A file that could not be written: its path, and the system's reason."""
 
 
 def save_atomic(path, write):
@@ -72,12 +77,14 @@ def put_in_place(files, patience=3.0):
                     try:
                         os.replace(temp, path)
                         break
-                    except PermissionError as e:
+                    except PermissionError as e:  # on Windows, while another program holds path open
+                        if sys.platform != 'win32':
+                            raise
                         if time.monotonic() > deadline:
                             raise OSError(e.errno, HELD_OPEN) from e
                         time.sleep(0.1)
     except OSError as e:  # naming the file that was being written or renamed
-        raise OSError(e.errno, e.strerror, path) from None
+        raise WriteError(e.errno, e.strerror, path) from None
     finally:
         for temp in filter(os.path.exists, temps.values()):
             os.remove(temp)

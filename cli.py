@@ -13,6 +13,8 @@ import threading
 import matplotlib
 import torch
 
+import atomic
+
 
 def common_parser(config, description, **setting):
     """A parser with the arguments of both scripts; `setting` holds add_argument's keywords for --setting."""
@@ -113,9 +115,10 @@ def fail(message):
     raise SystemExit(f'error: {message}')
 
 
-def run_script(main, interrupted='Interrupted.'):
+def run_script(main, interrupted='Interrupted.', trains=False):
     """Run a script's main(): quiet when the reader of its output goes away (| head); on Ctrl-C or SIGTERM the
-    sentence `interrupted` and the status 128 + the signal's number; one sentence for a failed write."""
+    sentence `interrupted` and the status 128 + the signal's number; one sentence for a file or the output that cannot
+    be written, which says, where the script `trains`, that --resume continues."""
     try:
         code = main()
         sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
@@ -123,13 +126,19 @@ def run_script(main, interrupted='Interrupted.'):
     except KeyboardInterrupt as e:
         print(f'\n{interrupted}', file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
-    except OSError as e:  # a failed write; EFBIG is the file-size limit, a full disk for this process
-        if e.filename is None and e.errno in (errno.EPIPE, errno.EINVAL):  # Windows says EINVAL for a closed pipe
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EFBIG)  # EFBIG: the file-size limit, a full disk for this process
+        reason = 'the disk is full; free some space, then run again' if full else e.strerror
+        again = ' (training with --resume continues)' if trains else ''
+        if isinstance(e, atomic.WriteError):
+            fail(f'cannot write {e.filename}: {reason}{again}')
+        if e.filename is not None:  # a file that another call than a write named
+            fail(f'{e.filename}: {reason}')
+        # no file named: the output, as every file that the program opens is named in its errors
+        if e.errno in (errno.EPIPE, errno.EINVAL):  # the reader went away; Windows says EINVAL for a closed pipe
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
             return 1
-        full = e.errno in (errno.ENOSPC, errno.EFBIG)
-        reason = 'the disk is full; free some space, then run again (training with --resume continues)'
-        fail(f'cannot write {e.filename}: {reason if full else e.strerror}')
+        fail(f'cannot write the output: {reason}{again}')
 
 
 def run_all(train, runs, jobs, device):
@@ -173,7 +182,7 @@ def work(train, runs, threads):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by the command: every finished epoch is saved
     threading.Thread(target=exit_with_command, daemon=True).start()
     sys.stdout.reconfigure(line_buffering=True)  # each line as it comes, also into a pipe
-    sys.exit(run_script(lambda: 0 if all([train(*run) for run in runs]) else 1))
+    sys.exit(run_script(lambda: 0 if all([train(*run) for run in runs]) else 1, trains=True))
 
 
 def exit_with_command():

@@ -1,5 +1,6 @@
 """Your own digits: images of digits made to look like MNIST's, and what the network reads in them."""
 
+import mimetypes
 import os
 import sys
 import warnings
@@ -19,16 +20,30 @@ MAX_PIXELS = 50_000_000  # a phone's photo of 48 megapixels; a larger image is r
 
 
 def image_files(path):
-    """The image files in the folder `path`, saying in a line which other files it passed over; or else `path`
-    itself, for read_image to say what is wrong with it."""
+    """The image files in the folder `path`, saying in a line which other entries it passed over; or else `path`
+    itself, for read_image to say what is wrong with it. ValueError where the folder cannot be read."""
     if not os.path.isdir(path):
         return [path]
-    files = {f: os.path.join(path, f) for f in sorted(os.listdir(path)) if not f.startswith('.')}
-    images = [p for f, p in files.items() if os.path.isfile(p) and os.path.splitext(f)[1].lower() in IMAGE_TYPES]
-    other = [f for f, p in files.items() if p not in images]  # folders too: a folder's folders are not read
-    if other:
-        print(f'{path}: passed over {", ".join(other)} (not an image file)')
+    try:
+        names = sorted(f for f in os.listdir(path) if not f.startswith('.'))
+    except OSError as e:
+        raise ValueError(f'cannot read the folder: {e.strerror}') from None
+    files = {f: os.path.join(path, f) for f in names}
+    folders = [f for f, p in files.items() if os.path.isdir(p)]  # links to folders too
+    images = [p for f, p in files.items() if f not in folders and image_type(f)]
+    other = [f for f, p in files.items() if f not in folders and p not in images]
+    passed = [f'{", ".join(other)} (not an image file)'] if other else []
+    if folders:
+        passed.append(f'{", ".join(folders)} (a folder in a folder is not read: give it as a path of its own)')
+    if passed:
+        print(f'{path}: passed over {"; ".join(passed)}')
     return images or [path]
+
+
+def image_type(name):
+    """Whether a file's name is that of an image: of a type that Pillow opens, or of another (HEIC, SVG)."""
+    extension = os.path.splitext(name)[1].lower()
+    return extension in IMAGE_TYPES or (mimetypes.guess_type(name)[0] or '').startswith('image/')
 
 
 def read_image(path):
@@ -50,8 +65,15 @@ def read_image(path):
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ValueError(f'the image is larger than {MAX_PIXELS // 10**6} megapixels; scale it down') from None
     except Image.UnidentifiedImageError:
+        extension = os.path.splitext(path)[1].lower()
+        if extension not in IMAGE_TYPES and image_type(path):
+            raise ValueError(f'Pillow cannot read {extension[1:].upper()} images; convert it to JPEG or PNG') from None
         raise ValueError('not a PNG, JPEG, BMP, GIF or WebP image, nor another type that Pillow reads') from None
-    except (OSError, SyntaxError, ValueError, TypeError):  # Pillow's decoders raise each for a damaged file
+    except OSError as e:
+        if e.errno is not None:  # the system's error: the file could not be read
+            raise ValueError(f'cannot read it: {e.strerror}') from None
+        raise ValueError('the image is damaged or truncated') from None  # Pillow's decoders, on what they read
+    except (SyntaxError, ValueError, TypeError):  # Pillow's decoders raise each for a damaged file too
         raise ValueError('the image is damaged or truncated') from None
 
 
@@ -124,15 +146,21 @@ def read_images(paths, read, out_dir):
     """Print what the network reads in each image file (or folder of them) and write own_digits.png and
     own_digits.csv; returns how many could not be read. read(x): the ten probabilities for images [B, 784]."""
     readings, failed = [], 0
-    for file in (file for path in paths for file in image_files(path)):
+    for path in paths:
         try:
-            image = read_image(file)
-            with warnings.catch_warnings():  # Pillow's advice on palettes, say: not for the reader of the output
-                warnings.simplefilter('ignore')
-                readings.append((file, image, normalise(image)))
-        except ValueError as e:
-            print(f'error: {file}: {e}', file=sys.stderr)
-            failed += 1
+            files = image_files(path)
+        except ValueError as e:  # a folder that cannot be read: the other paths still are
+            print(f'error: {path}: {e}', file=sys.stderr)
+            files, failed = [], failed + 1
+        for file in files:
+            try:
+                image = read_image(file)
+                with warnings.catch_warnings():  # Pillow's advice on palettes, say: not for the reader of the output
+                    warnings.simplefilter('ignore')
+                    readings.append((file, image, normalise(image)))
+            except ValueError as e:
+                print(f'error: {file}: {e}', file=sys.stderr)
+                failed += 1
     if not readings:
         return failed
     probabilities = read(torch.stack([x for _, _, x in readings]))

@@ -63,7 +63,11 @@ def run_dir(out_dir, name, seed=None):
 def runs_of(out_dir, name, base):
     """The runs of a setting: one per seed folder that holds one, or else the setting's own run (maybe absent)."""
     setting = run_dir(out_dir, name)
-    seeds = [read_run(folder, base, int(folder.rsplit('_', 1)[1])) for folder in numbered(setting, 'seed_N')]
+    try:
+        folders = numbered(setting, 'seed_N')
+    except OSError as e:
+        return [Run(setting, state='unreadable', problem=f'cannot read {setting}: {e.strerror}')]
+    seeds = [read_run(folder, base, int(folder.rsplit('_', 1)[1])) for folder in folders]
     return [run for run in seeds if run.state != 'absent'] or [read_run(setting, base)]
 
 
@@ -166,9 +170,12 @@ def lock(folder):
     ValueError where it cannot."""
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, CLAIMED), 'wb')
     except OSError as e:
         raise ValueError(f'cannot create the output folder {folder}: {e.strerror}') from None
+    try:
+        lock = open(os.path.join(folder, CLAIMED), 'wb')
+    except OSError as e:
+        raise ValueError(f'cannot write in {folder}: {e.strerror}') from None
     try:
         if not take(lock):
             lock.close()

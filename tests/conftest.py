@@ -127,7 +127,8 @@ def harness(tmp_path, data_dir):
 
     def run(script, setup, *args, data=data_dir, out=tmp_path / 'out', **kwargs):
         code = (
-            f'import sys\n{setup}\nimport {script}, cli\nsys.exit(cli.run_script(lambda: {script}.main(sys.argv[1:])))'
+            f'import sys\n{setup}\nimport {script}, cli\n'
+            f'sys.exit(cli.run_script(lambda: {script}.main(sys.argv[1:]), trains={script == "MNIST_train"}))'
         )
         cmd = [sys.executable, '-c', code, *map(str, args), '--data-dir', str(data), '--out-dir', str(out)]
         env = script_env(PYTHONPATH=ROOT)

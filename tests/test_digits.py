@@ -17,12 +17,14 @@ from PIL import Image, ImageDraw
 import digits
 import MNIST_evaluation
 import MNIST_train
-from MNIST_model import RAW_FILES, MNIST_model, data_load, predict
+import runs
+from MNIST_model import RAW_FILES, Config, MNIST_model, data_load, predict
 from tests.conftest import ROOT
 from tests.photos import photo
 from tests.test_reliability import assert_clean_error
 
 REAL = os.path.join(ROOT, 'dataset')
+IN_A_FOLDER = '(a folder in a folder is not read: give it as a path of its own)'
 
 
 @pytest.mark.slow
@@ -36,7 +38,7 @@ def test_photos_of_the_test_digits_read_as_well_as_the_test_digits(tmp_path):
     common = ['--setting', '2', '--device', 'cpu', '--data-dir', REAL, '--out-dir', str(tmp_path)]
     assert MNIST_train.main([*common, '--epochs', '1']) == 0
     x, y = (t[:300] for t in data_load(REAL, train=False))
-    model, _, _ = MNIST_evaluation.load_run(tmp_path / 'setting_2', 'cpu')
+    model, _, _ = MNIST_evaluation.load_run(runs.read_run(str(tmp_path / 'setting_2'), Config.base), 'cpu')
     plain = 100 * (predict(model, x).argmax(1) == y).float().mean().item()
     (tmp_path / 'photos').mkdir()
     labels = {str(photo(x[i], i, tmp_path / 'photos')): y[i].item() for i in range(len(x))}
@@ -78,12 +80,31 @@ def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(run_main, t
     accuracy = {n: json.loads((tmp_path / 'out' / f'setting_{n}' / 'history.json').read_bytes()) for n in '125'}
     best = max(accuracy, key=lambda n: accuracy[n]['best_val_accuracy'])  # chosen by validation, never by test
     assert lines[0].startswith(f'Reading with Setting {best} (') and 'validation accuracy' in lines[0]
-    assert lines[1] == f'{images}: passed over empty (not an image file)'  # then read by itself, as asked
+    assert lines[1] == f'{images}: passed over empty {IN_A_FOLDER}'  # then read by itself, as asked
     assert [line.split(':')[0] for line in lines[2:4]] == [str(path) for path in good]
     assert all(line.split(': ')[1][0].isdigit() and ', then ' in line for line in lines[2:4])
     assert (tmp_path / 'out' / 'own_digits.png').stat().st_size > 0
     chosen = run_main('MNIST_evaluation.py', '--image', good[0], '--setting', '1')
     assert chosen.returncode == 0 and chosen.stdout.startswith('Reading with Setting 1 (')
+
+
+def test_an_image_type_that_pillow_cannot_open_and_a_folder_in_a_folder_are_named_as_such(run_main, trained, tmp_path):
+    if '.heic' in digits.IMAGE_TYPES:
+        pytest.skip('this Pillow opens HEIC images')
+    photos = tmp_path / 'photos'
+    (photos / '2025').mkdir(parents=True)
+    Image.new('L', (60, 80), 230).save(photos / '2025' / 'blank.png')
+    (photos / 'IMG_0001.HEIC').write_bytes(b'\0\0\0\x18ftypheic' + bytes(100))  # the start of an iPhone's photo
+    (photos / 'notes.txt').write_text('the photos', encoding='utf-8')
+    seven = Image.new('L', (100, 120), 235)
+    ImageDraw.Draw(seven).line([(15, 20), (85, 20), (40, 100)], fill=25, width=12)
+    seven.save(photos / 'seven.png')
+    result = run_main('MNIST_evaluation.py', '--image', photos, '--device', 'cpu')
+    heic = photos / 'IMG_0001.HEIC'
+    assert_clean_error(result, f'error: {heic}: Pillow cannot read HEIC images; convert it to JPEG or PNG\n')
+    assert result.stderr.count('\n') == 1
+    assert f'{photos}: passed over notes.txt (not an image file); 2025 {IN_A_FOLDER}' in result.stdout.splitlines()
+    assert f'{photos / "seven.png"}: ' in result.stdout
 
 
 def click(fig, ax, x, y, name, button=1):
@@ -234,7 +255,9 @@ def test_a_folder_reads_every_image_type_and_says_what_it_passed_over(run_main, 
     (folder / 'link').symlink_to(folder / 'more', target_is_directory=True)
     result = run_main('MNIST_evaluation.py', '--image', folder, '--device', 'cpu')
     assert result.returncode == 0 and result.stderr == '', result.stderr
-    assert f'{folder}: passed over link, more, notes.txt (not an image file)' in result.stdout.splitlines()
+    assert (
+        f'{folder}: passed over notes.txt (not an image file); link, more {IN_A_FOLDER}' in result.stdout.splitlines()
+    )
     read = dict(line.split(': ', 1) for line in result.stdout.splitlines() if ', then ' in line)
     names = ['seven-16.png', 'seven-32.tif', 'seven-float.TIFF', 'seven.png']
     assert list(read) == [str(folder / name) for name in names]
