@@ -66,7 +66,7 @@ def runs_of(out_dir, name, base):
     try:
         folders = numbered(setting, 'seed_N')
     except OSError as e:
-        return [Run(setting, state='unreadable', problem=f'cannot read {setting}: {e.strerror}')]
+        return [Run(setting, state='unreadable', problem=unreadable(e))]
     seeds = [read_run(folder, base, int(folder.rsplit('_', 1)[1])) for folder in folders]
     return [run for run in seeds if run.state != 'absent'] or [read_run(setting, base)]
 
@@ -89,7 +89,7 @@ def read_run(folder, base, seed=None):
     try:
         run.history = read_history(folder, base)
     except OSError as e:
-        return dataclasses.replace(run, state='unreadable', problem=f'cannot read {e.filename}: {e.strerror}')
+        return dataclasses.replace(run, state='unreadable', problem=unreadable(e))
     except ValueError as e:
         run.problem = str(e)
     if is_locked(folder, TRAINING):
@@ -100,7 +100,7 @@ def read_run(folder, base, seed=None):
         try:  # its copy in the state after the last epoch, which --resume writes again
             run.history, run.mend = read_state(last, base)['history'], '--resume'
         except (OSError, ValueError) as e:
-            run.problem += f', and {e}'
+            run.problem += f', and {unreadable(e)}'
     elif run.history is None and numbered(folder, 'epoch_N.pth'):
         best = os.path.basename(numbered(folder, 'epoch_N.pth')[-1])
         run.state, run.mend = 'damaged', '--force'
@@ -121,9 +121,14 @@ def read_run(folder, base, seed=None):
             if run.trained:
                 read_state(last, base)
         except (OSError, ValueError) as e:
-            problem = f'{last} is missing' if isinstance(e, FileNotFoundError) else str(e)
-            run.state, run.problem, run.mend = 'damaged', f'{problem}, the state that --resume continues', '--force'
+            run.state = 'damaged' if isinstance(e, (ValueError, FileNotFoundError)) else 'unreadable'
+            run.problem, run.mend = f'{unreadable(e)}, the state that --resume continues', '--force'
     return run
+
+
+def unreadable(error):
+    """An error in reading a file, in words: the system's reason, or what is wrong with what it holds."""
+    return f'cannot read {error.filename}: {error.strerror}' if isinstance(error, OSError) else str(error)
 
 
 def read_history(folder, base):
@@ -268,14 +273,12 @@ def fits(value, like):
 
 
 def read_checkpoint(path):
-    """A checkpoint read safely (tensors and plain values only) onto the CPU; ValueError names what is wrong: the
-    file cannot be read (the system's reason), or what it holds."""
+    """A checkpoint read safely (tensors and plain values only) onto the CPU; ValueError says what is wrong with what it
+    holds, OSError why it cannot be read."""
     try:
         with warnings.catch_warnings():  # torch's note on a foreign pickle, which is refused below anyway
             warnings.filterwarnings('ignore', 'Detected pickle protocol', UserWarning)
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except OSError as e:
-        raise ValueError(f'cannot read {path}: {e.strerror}') from None
     except pickle.UnpicklingError:
         raise ValueError(
             f'{path} is damaged or holds more than tensors and plain values; refused, as it could run code'
@@ -357,8 +360,8 @@ def load_state(folder, model, optimizer, scheduler, history):
                 f'{history["threads"]} now): not bit-exact',
                 file=sys.stderr,
             )
-    except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise ValueError(f'cannot resume from {path} ({e})') from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ValueError(f'cannot resume from {path} ({unreadable(e)})') from None
     if not same:
         raise ValueError(
             f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '

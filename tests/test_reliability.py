@@ -823,3 +823,41 @@ def test_an_interrupted_evaluation_leaves_the_old_report_or_the_new_one_whole(ha
 def test_data_dir_naming_a_file(run_main, tmp_path):
     (tmp_path / 'file').write_text('x', encoding='utf-8')
     assert_clean_error(run_main('MNIST_train.py', '--setting', '1', data=tmp_path / 'file'), 'is a file, not a folder')
+
+
+def test_a_damaged_run_in_a_command_of_several_is_named_and_the_others_train(run_main, tmp_path, monkeypatch):
+    """A truncated last.pth, or a row of Config edited since, stops that run alone: the others are continued, the
+    command ends with status 1, and the advice, run as printed, starts that run over and touches no other."""
+    out = tmp_path / 'out'
+    assert run_main('MNIST_train.py', '--setting', 'all', '--epochs', '1').returncode == 0
+    last = out / 'setting_3' / 'last.pth'
+    last.write_bytes(last.read_bytes()[:300])
+    monkeypatch.setitem(MNIST_train.Config.settings, 4, {**MNIST_train.Config.settings[4], 'lr': 1e-3})
+    resumed = run_main('MNIST_train.py', '--setting', 'all', '--epochs', '2', '--resume')
+    assert_clean_error(resumed, f'cannot resume from {last}', f'{out / "setting_4"} was trained with other')
+    lines = resumed.stderr.splitlines()
+    assert len(lines) == 2 and resumed.returncode == 1, lines
+    for name in ('1', '2'):
+        assert len(json.loads((out / f'setting_{name}' / 'history.json').read_text(encoding='utf-8'))['epochs']) == 2
+    before = {name: snapshot(out / f'setting_{name}') for name in '124'}
+    command = lines[0].split('; start it over with: ')[1]
+    assert command.startswith('python MNIST_train.py --setting 3 --epochs 2 --force ')
+    assert run_main(*shlex.split(command)[1:]).returncode == 0
+    assert {name: snapshot(out / f'setting_{name}') for name in '124'} == before
+
+
+def test_resume_with_fewer_epochs_than_trained_keeps_the_run_and_says_so(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 0
+    before = snapshot(tmp_path / 'out')
+    fewer = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1', '--resume')
+    assert_clean_error(fewer, f'{tmp_path / "out" / "setting_2"} trained 2 epochs, more than the 1 asked')
+    assert fewer.stderr.count('\n') == 1 and snapshot(tmp_path / 'out') == before
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 0 and ' of 1' not in evaluated.stdout
+    assert 'Setting 2: accuracy of the 2 epoch trained model' in evaluated.stdout
+
+
+def test_an_untrained_setting_asked_for_is_named_beside_those_trained(run_main, trained):
+    evaluated = run_main('MNIST_evaluation.py', '--setting', '4')
+    assert_clean_error(evaluated, f'Setting 4 has no trained run in {trained}; train it first: python MNIST_train.py')
+    assert 'no trained setting' not in evaluated.stderr
