@@ -178,7 +178,7 @@ def draw(read, title):
             pen.line([x0, y0, x1, y1], fill=0, width=30)
             pen.ellipse([x1 - 15, y1 - 15, x1 + 15, y1 + 15], fill=0)
             last[:] = [(x1, y1)]
-            axes[0].images[0].set_data(paper)
+            axes[0].images[0].set_data(paper.convert('RGBA'))  # as show_reading shows it: one channel is colour-mapped
             fig.canvas.draw_idle()
 
     def press(event):

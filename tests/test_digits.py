@@ -116,6 +116,36 @@ def test_drawing_a_digit_shows_what_the_network_sees_and_reads_and_clear_empties
     plt.close(fig)
 
 
+def panel_pixels(fig, ax):
+    """The RGB pixels that the window shows of a panel, inside its frame, as the Agg canvas renders them."""
+    fig.canvas.draw()
+    (x0, y0), (x1, y1) = ax.get_window_extent().get_points().round().astype(int)
+    height = fig.canvas.get_width_height()[1]
+    return np.asarray(fig.canvas.buffer_rgba())[height - y1 + 2 : height - y0 - 2, x0 + 2 : x1 - 2, :3]
+
+
+def test_the_stroke_shows_in_grey_on_white_paper_as_it_is_drawn_and_after_clear():
+    """Mid-stroke, before the button is released, the panel shows the ink as drawn: grey on white, also after Clear."""
+    model = MNIST_model()
+    fig, button = digits.draw(lambda x: predict(model, x).softmax(1), 'test')
+    paper = fig.axes[0]
+    assert (panel_pixels(fig, paper) == 255).all()  # white paper
+    clear = button.ax.transAxes.transform((0.5, 0.5))
+    for again in (False, True):
+        click(fig, paper, 140, 40, 'button_press_event')
+        click(fig, paper, 140, 240, 'motion_notify_event')  # a 1, not yet released
+        shown = panel_pixels(fig, paper).astype(int)
+        assert (shown[..., 0] == shown[..., 1]).all() and (shown[..., 1] == shown[..., 2]).all(), 'not grey'
+        assert shown.min() == 0 and (shown == 255).mean() > 0.8  # black ink on mostly white paper
+        across = (shown[shown.shape[0] // 2, :, 0] < 128).sum()
+        assert abs(across - 30 * shown.shape[1] / 280) <= 3  # the pen's 30 pixels of 280, as wide as drawn
+        click(fig, paper, 140, 240, 'button_release_event')
+        for name in ('button_press_event', 'button_release_event'):
+            fig.canvas.callbacks.process(name, MouseEvent(name, fig.canvas, *clear, button=1))
+        assert (panel_pixels(fig, paper) == 255).all(), again  # white paper again
+    plt.close(fig)
+
+
 def test_draw_without_a_window_says_so_and_points_to_image(run_main, trained):
     plt.switch_backend('agg')  # what matplotlib falls back to without a display or a GUI toolkit
     result = run_main('MNIST_evaluation.py', '--draw')
