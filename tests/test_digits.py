@@ -86,6 +86,22 @@ def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(run_main, t
     assert chosen.returncode == 0 and chosen.stdout.startswith('Reading with Setting 1 (')
 
 
+def test_the_picture_shows_the_first_12_images_and_the_csv_every_one_as_the_readme_says(run_main, trained, tmp_path):
+    digit = torch.zeros(784)
+    digit.view(28, 28)[6:22, 12:16] = 1  # a 1
+    (tmp_path / 'photos').mkdir()
+    photos = [photo(digit, i, tmp_path / 'photos') for i in range(13)]
+    result = run_main('MNIST_evaluation.py', '--image', tmp_path / 'photos')
+    assert result.returncode == 0 and f'Picture (the first 12): {trained / "own_digits.png"}' in result.stdout
+    with open(trained / 'own_digits.csv', encoding='utf-8-sig', newline='') as f:
+        assert [row['image'] for row in csv.DictReader(f)] == [str(p) for p in photos]
+    with Image.open(trained / 'own_digits.png') as picture:
+        assert 11.5 * 260 < picture.height < 12.5 * 260  # a row of 2.6 inches at 100 dots an inch for each of 12
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        own_digit = f.read().split('## Your own digit')[1].split('##')[0]
+    assert '`own_digits.png` shows the first 12' in own_digit and 'own_digits.csv' in own_digit
+
+
 def click(fig, ax, x, y, name, button=1):
     """A mouse event at data coordinates (x, y) of `ax`, through matplotlib's own event handling."""
     px, py = ax.transData.transform((x, y))
