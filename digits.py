@@ -97,24 +97,8 @@ def normalise(image):
     grey, alpha = pil_to_tensor(image.convert('LA')).float().div(255)
     if alpha.min() < 1:  # transparent pixels are paper: lay the ink on paper of the other brightness
         grey = grey * alpha + (1 - alpha) * float((grey * alpha).sum() < alpha.sum() / 2)
-    if grey.median() > 0.5:  # most of the image is paper: light paper means dark ink
-        grey = 1 - grey
-    # The paper's brightness, which light and shadow vary across a photo: a smooth surface fitted to the darker
-    # half of the pixels, then again to all that the ink does not stand out from
-    h, w = grey.shape
-    y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing='ij')
-    surface = torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y]).view(6, -1).T
-    value = grey.flatten()
-    paper = value <= value.median()
-    for _ in range(3):
-        ink = value - surface @ torch.linalg.lstsq(surface[paper], value[paper]).solution
-        noise = ink[paper].std(correction=0)  # 0 for a single pixel
-        paper = ink < 3 * noise + 0.02
-    if ink.max() < 0.15:
-        raise ValueError('no ink: the image is blank')
-    ink = (ink.view(h, w) - 6 * noise).clamp_min(0)  # what is fainter than the paper's noise is paper
-    if not ink.any():
-        raise ValueError('no ink stands out from the noise of the paper')
+    ink = ink_on_paper(grey)
+    ink = ink * the_digit(ink > 0)
     rows, cols = ink.sum(1).nonzero()[:, 0], ink.sum(0).nonzero()[:, 0]
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     size = [max(1, round(20 * n / max(ink.shape))) for n in ink.shape]
@@ -123,6 +107,93 @@ def normalise(image):
     centre = [(digit.sum(1 - axis) * torch.arange(n)).sum() / digit.sum() for axis, n in enumerate(size)]
     top, left = (min(max(round(14 - c.item()), 0), 28 - n) for c, n in zip(centre, size))  # as in MNIST
     return F.pad(digit, (left, 28 - left - size[1], top, 28 - top - size[0])).flatten()
+
+
+def ink_on_paper(grey):
+    """How far each pixel of a grey image [H, W] stands out from the paper, the paper 0; ValueError if nothing does.
+    The paper is what meets the image's edges, whatever its brightness and however much of the image the digit
+    covers; the ink is what differs from it, darker or lighter, whichever stands out more."""
+    h, w = grey.shape
+    edge = torch.ones(h, w, dtype=torch.bool)
+    edge[1:-1, 1:-1] = False
+    value, edge = grey.flatten(), edge.flatten()
+    border = value[edge].sort().values
+    half = len(border) // 2
+    widths = border[half:] - border[: len(border) - half]
+    start = widths.argmin()  # the paper meets more of the edges than a desk or a shadow: the edge's densest half
+    level, spread = border[start + half // 2], widths[start]
+    paper = edge & ((value - level).abs() <= spread + 0.02)
+    # The paper's brightness, which light and shadow vary across a photo: a smooth surface fitted to the paper at
+    # the edges, then again to all that the ink does not stand out from
+    y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing='ij')
+    surface = torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y]).view(6, -1).T
+    for _ in range(3):
+        ink = value - surface @ torch.linalg.lstsq(surface[paper], value[paper]).solution
+        noise = ink[paper].std(correction=0)  # 0 for a single pixel
+        paper = ink.abs() < 3 * noise + 0.02
+    if ((ink.abs() - 3 * noise - 0.02).clamp_min(0) * ink.sign()).sum() < 0:  # more stands out darker: dark ink
+        ink = -ink
+    if ink.max() < 0.15:
+        raise ValueError('no ink: the image is blank')
+    # What is fainter than the paper's noise, or than a fit's rounding on clean paper, is paper
+    ink = (ink.view(h, w) - 6 * noise - 0.001).clamp_min(0)
+    if not ink.any():
+        raise ValueError('no ink stands out from the noise of the paper')
+    return ink
+
+
+def the_digit(mask):
+    """Where the digit is in a mask [H, W] of what stands out from the paper: without ruled lines (full rows or
+    columns thinner than a fortieth of the image), and, where regions meet the image's edge (a desk, a shadow, a
+    finger) and others of a twentieth of the image or more lie clear of it, those others only. In an image cropped
+    to its digit, all that is left is the digit."""
+    for axis in (0, 1):
+        full = mask.float().mean(1 - axis) >= 0.8
+        ruled = full & ~runs(full, max(2, mask.shape[axis] // 40))
+        unruled = mask & ~(ruled[:, None] if axis == 0 else ruled[None, :])
+        mask = unruled if unruled.any() else mask  # where all is lines, they are the digit
+    h, w = mask.shape
+    if not (mask[[0, -1]].any() or mask[:, [0, -1]].any()):
+        return mask
+    ys, xs = mask.nonzero().unbind(1)
+    step = -(-max(h, w) // 256)  # regions found at most 256 pixels across: ink closer than `step` pixels joins
+    label = regions(F.max_pool2d(mask[None].float(), step, ceil_mode=True)[0] > 0)[ys // step, xs // step]
+    names, region = label.unique(return_inverse=True)
+    extent = [
+        torch.zeros(len(names), dtype=torch.long).scatter_reduce(0, region, v, how, include_self=False)
+        for v in (ys, xs)
+        for how in ('amin', 'amax')
+    ]
+    top, bottom, left, right = extent
+    at_edge = (top == 0) | (left == 0) | (bottom == h - 1) | (right == w - 1)
+    clear = ~at_edge & ((bottom - top).maximum(right - left) + 1 >= max(h, w) / 20)
+    if clear.any() and at_edge.any():
+        mask = mask.clone()
+        mask[ys, xs] = clear[region]
+    return mask
+
+
+def runs(mask, length):
+    """Which entries of a 1-D mask lie in a run of `length` or more."""
+    if len(mask) < length:
+        return torch.zeros_like(mask)
+    whole = -F.max_pool1d(-mask.float()[None], length, 1)  # 1 where the run of `length` from here is all in mask
+    return F.max_pool1d(F.pad(whole, (length - 1, length - 1)), length, 1)[0] > 0
+
+
+def regions(mask):
+    """The 8-connected regions of a mask [H, W]: each pixel's region named by the smallest index (row-major) of
+    its pixels, H*W off the mask. Each step takes the smallest name around, then the name that that pixel has."""
+    h, w = mask.shape
+    off = h * w
+    label = torch.where(mask, torch.arange(off).view(h, w), off)
+    while True:
+        around = -F.max_pool2d(-label[None].float(), 3, 1, 1)[0].long()  # exact below 2**24 pixels
+        around = torch.where(mask, around, off).flatten()
+        step = torch.cat([around, torch.tensor([off])])[around].view(h, w)
+        if torch.equal(step, label):
+            return label
+        label = step
 
 
 def show_reading(axes, image, x, probabilities, title):
@@ -206,7 +277,7 @@ def draw(read, title):
             pen.line([x0, y0, x1, y1], fill=0, width=30)
             pen.ellipse([x1 - 15, y1 - 15, x1 + 15, y1 + 15], fill=0)
             last[:] = [(x1, y1)]
-            axes[0].images[0].set_data(paper)
+            axes[0].images[0].set_data(paper.convert('RGBA'))  # as show_reading shows it: one channel is colour-mapped
             fig.canvas.draw_idle()
 
     def press(event):

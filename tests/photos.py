@@ -1,8 +1,12 @@
-"""Test digits [784] in [0, 1] turned into the kind of photo a user takes of a digit on paper."""
+"""Test digits [784] in [0, 1], and digits drawn in strokes, turned into the kind of photo a user takes of a digit on
+paper."""
 
+import io
+
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def photo(x, index, folder):
@@ -32,3 +36,47 @@ def photo(x, index, folder):
     path = folder / f'{index:04d}.{"jpg" if kind == "jpg" else "png"}'
     image.save(path, quality=85) if kind == 'jpg' else image.save(path)
     return path
+
+
+SHAPES = {  # a digit's strokes, in fractions of its box's width and height
+    1: [[(0.6, 0.05), (0.4, 0.95)]],
+    2: [[(0.1, 0.25), (0.5, 0.05), (0.9, 0.25), (0.1, 0.95), (0.9, 0.95)]],
+    4: [[(0.7, 0.95), (0.7, 0.05), (0.05, 0.65), (0.95, 0.65)]],
+    7: [[(0.1, 0.1), (0.9, 0.1), (0.4, 0.95)]],
+}
+
+
+def page(digit, height, weight, paper, ink, desk=0.0, shadow=0.0, ruled=False, turn=None, jpeg=False):
+    """A digit drawn in ink on paper, `height` pixels tall, its strokes `weight` of that wide, with a dark desk
+    beside the page (`desk` of its width), a shadow in the far corner (`shadow` of the paper's light taken), ruled
+    lines, turned (a Transpose or None) and saved as a JPEG or not; and the same digit, black on white, alone."""
+    width, margin = round(0.7 * height), height // 3 + 2
+    band = round(desk * (width + 2 * margin))
+    size = (band + margin + width + margin, margin + height + margin)
+    box = [(band + margin + x * width, margin + y * height) for x, y in ((0, 0), (1, 1))]
+    pen = max(1, round(weight * height))
+
+    def draw(image, fill):
+        for stroke in SHAPES[digit]:
+            points = [(box[0][0] + x * width, box[0][1] + y * height) for x, y in stroke]
+            ImageDraw.Draw(image).line(points, fill=fill, width=pen, joint='curve')
+        return image if turn is None else image.transpose(turn)
+
+    alone = draw(Image.new('L', size, 255), 0)
+    photo = Image.new('L', size, paper)
+    if ruled:
+        for y in range(margin // 2, size[1], max(4, height // 3)):
+            ImageDraw.Draw(photo).line([(0, y), (size[0], y)], fill=(paper + ink) // 2, width=max(1, size[1] // 150))
+    draw(photo, ink)
+    a = np.asarray(photo, dtype=np.float32)
+    y, x = np.mgrid[: size[1], : size[0]]
+    beyond = (x - box[1][0]) + (y - box[1][1])  # past the line through the box's far corner
+    a = a * (1 - shadow * np.clip(beyond / margin, 0, 1))
+    a[:, :band] = min(paper, ink) * 0.6  # a desk darker than the ink
+    photo = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
+    photo = photo if turn is None else photo.transpose(turn)
+    if jpeg:
+        buffer = io.BytesIO()
+        photo.convert('RGB').save(buffer, 'JPEG', quality=85)
+        photo = Image.open(buffer)
+    return photo, alone

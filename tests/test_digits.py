@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from matplotlib.backend_bases import MouseEvent
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 import digits
 import MNIST_evaluation
@@ -20,7 +20,7 @@ import MNIST_train
 import runs
 from MNIST_model import RAW_FILES, Config, MNIST_model, data_load, predict
 from tests.conftest import ROOT
-from tests.photos import photo
+from tests.photos import SHAPES, page, photo
 from tests.test_reliability import assert_clean_error
 
 REAL = os.path.join(ROOT, 'dataset')
@@ -107,6 +107,22 @@ def test_an_image_type_that_pillow_cannot_open_and_a_folder_in_a_folder_are_name
     assert f'{photos / "seven.png"}: ' in result.stdout
 
 
+def test_the_picture_shows_the_first_12_images_and_the_csv_every_one_as_the_readme_says(run_main, trained, tmp_path):
+    digit = torch.zeros(784)
+    digit.view(28, 28)[6:22, 12:16] = 1  # a 1
+    (tmp_path / 'photos').mkdir()
+    photos = [photo(digit, i, tmp_path / 'photos') for i in range(13)]
+    result = run_main('MNIST_evaluation.py', '--image', tmp_path / 'photos')
+    assert result.returncode == 0 and f'Picture (the first 12): {trained / "own_digits.png"}' in result.stdout
+    with open(trained / 'own_digits.csv', encoding='utf-8-sig', newline='') as f:
+        assert [row['image'] for row in csv.DictReader(f)] == [str(p) for p in photos]
+    with Image.open(trained / 'own_digits.png') as picture:
+        assert 11.5 * 260 < picture.height < 12.5 * 260  # a row of 2.6 inches at 100 dots an inch for each of 12
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        own_digit = f.read().split('## Your own digit')[1].split('##')[0]
+    assert '`own_digits.png` shows the first 12' in own_digit and 'own_digits.csv' in own_digit
+
+
 def click(fig, ax, x, y, name, button=1):
     """A mouse event at data coordinates (x, y) of `ax`, through matplotlib's own event handling."""
     px, py = ax.transData.transform((x, y))
@@ -134,6 +150,36 @@ def test_drawing_a_digit_shows_what_the_network_sees_and_reads_and_clear_empties
         fig.canvas.callbacks.process(name, MouseEvent(name, fig.canvas, *clear, button=1))
     assert not seen.images[0].get_array().any() and chart.get_title() == 'draw a digit'
     assert paper.images[0].get_array().min() == 255  # blank paper
+    plt.close(fig)
+
+
+def panel_pixels(fig, ax):
+    """The RGB pixels that the window shows of a panel, inside its frame, as the Agg canvas renders them."""
+    fig.canvas.draw()
+    (x0, y0), (x1, y1) = ax.get_window_extent().get_points().round().astype(int)
+    height = fig.canvas.get_width_height()[1]
+    return np.asarray(fig.canvas.buffer_rgba())[height - y1 + 2 : height - y0 - 2, x0 + 2 : x1 - 2, :3]
+
+
+def test_the_stroke_shows_in_grey_on_white_paper_as_it_is_drawn_and_after_clear():
+    """Mid-stroke, before the button is released, the panel shows the ink as drawn: grey on white, also after Clear."""
+    model = MNIST_model()
+    fig, button = digits.draw(lambda x: predict(model, x).softmax(1), 'test')
+    paper = fig.axes[0]
+    assert (panel_pixels(fig, paper) == 255).all()  # white paper
+    clear = button.ax.transAxes.transform((0.5, 0.5))
+    for again in (False, True):
+        click(fig, paper, 140, 40, 'button_press_event')
+        click(fig, paper, 140, 240, 'motion_notify_event')  # a 1, not yet released
+        shown = panel_pixels(fig, paper).astype(int)
+        assert (shown[..., 0] == shown[..., 1]).all() and (shown[..., 1] == shown[..., 2]).all(), 'not grey'
+        assert shown.min() == 0 and (shown == 255).mean() > 0.8  # black ink on mostly white paper
+        across = (shown[shown.shape[0] // 2, :, 0] < 128).sum()
+        assert abs(across - 30 * shown.shape[1] / 280) <= 3  # the pen's 30 pixels of 280, as wide as drawn
+        click(fig, paper, 140, 240, 'button_release_event')
+        for name in ('button_press_event', 'button_release_event'):
+            fig.canvas.callbacks.process(name, MouseEvent(name, fig.canvas, *clear, button=1))
+        assert (panel_pixels(fig, paper) == 255).all(), again  # white paper again
     plt.close(fig)
 
 
@@ -215,6 +261,77 @@ def test_every_mode_and_bit_depth_reads_as_its_8_bit_twin(tmp_path, size, paper,
     for name, twin in TWINS.items():
         twin(np.asarray(image)).save(tmp_path / name)
         assert what_the_network_sees(tmp_path / name) == seen, name
+
+
+def ink_cropped(image):
+    """An image of dark ink on light paper cut to its ink, as a user crops a photo to the digit."""
+    a = np.asarray(image) < 128
+    rows, cols = a.any(1).nonzero()[0], a.any(0).nonzero()[0]
+    return image.crop((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
+
+
+def bold_eight():
+    eight = Image.new('L', (300, 400), 235)
+    ImageDraw.Draw(eight).ellipse([80, 40, 220, 190], outline=20, width=60)
+    ImageDraw.Draw(eight).ellipse([60, 170, 240, 360], outline=20, width=60)
+    return eight
+
+
+def slanted_one():
+    one = Image.new('L', (44, 200), 235)
+    ImageDraw.Draw(one).polygon([(22, 0), (44, 0), (22, 199), (0, 199)], fill=20)
+    return one
+
+
+NEW_USER = {  # what a new user tried, and the same digit on plain paper
+    'a 7 under a dim lamp (paper 120, ink 15)': lambda: page(7, 200, 0.1, paper=120, ink=15),
+    'a bold 8 cropped to its ink, 67% of it': lambda: (ink_cropped(bold_eight()), bold_eight()),
+    'a 1 cropped to its ink, 44 x 200 pixels, half of it': lambda: (
+        slanted_one(),
+        ImageOps.expand(slanted_one(), 40, 235),
+    ),
+    'a clear 7 beside a dark desk edge, in a JPEG': lambda: page(7, 200, 0.1, paper=225, ink=30, desk=0.3, jpeg=True),
+    'a 4 on ruled paper, its lines across the 4': lambda: page(4, 200, 0.1, paper=225, ink=30, ruled=True),
+    'a 2 with a shadow in the corner': lambda: page(2, 200, 0.1, paper=225, ink=30, shadow=0.6),
+}
+
+
+def apart(seen, expected):
+    """How far two 28x28 digits are apart, the mean difference of their pixels, where one may lie a pixel off the
+    other: the centre of mass is rounded to a pixel."""
+    a, b = seen.view(28, 28), expected.view(28, 28)
+    return min((a - b.roll((dy, dx), (0, 1))).abs().mean().item() for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+@pytest.mark.parametrize('case', NEW_USER)
+def test_the_digit_is_found_as_a_phone_photographs_it(case):
+    """Ink is told from paper by the paper meeting the image's edges: the network sees the digit as on plain paper."""
+    image, plain = NEW_USER[case]()
+    assert apart(digits.normalise(image), digits.normalise(plain)) < 0.03  # a JPEG alone: 0.024
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    digit=st.sampled_from(sorted(SHAPES)),
+    height=st.integers(28, 200),
+    weight=st.floats(0.04, 0.25),  # the pen's width, of the digit's height
+    paper=st.integers(60, 255),
+    contrast=st.integers(60, 255),
+    light_ink=st.booleans(),  # chalk on a blackboard: the whole photo the other way round
+    desk=st.sampled_from([0, 0.05, 0.15]),
+    shadow=st.sampled_from([0, 0.3, 0.6]),
+    ruled=st.booleans(),
+    turn=st.sampled_from([None, *Image.Transpose]),
+    jpeg=st.booleans(),
+)
+def test_a_digit_of_any_weight_and_size_on_any_paper_is_found_beside_a_desk_and_a_shadow(
+    digit, height, weight, paper, contrast, light_ink, desk, shadow, ruled, turn, jpeg
+):
+    """Dark ink at least 60 levels darker than its paper, or light ink on dark paper, beside a dark desk, a shadow,
+    ruled lines: the network sees the digit as it sees it drawn black on white."""
+    image, plain = page(digit, height, weight, paper, max(0, paper - contrast), desk, shadow, ruled, turn, jpeg)
+    image = ImageOps.invert(image.convert('L')) if light_ink else image
+    assert apart(digits.normalise(image), digits.normalise(plain)) < 0.05
 
 
 def test_a_photo_is_read_and_shown_upright_as_its_camera_turned_it(tmp_path):
