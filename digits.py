@@ -149,7 +149,7 @@ def the_digit(mask):
     to its digit, all that is left is the digit."""
     for axis in (0, 1):
         full = mask.float().mean(1 - axis) >= 0.8
-        ruled = full & ~runs(full, max(2, mask.shape[axis] // 40))
+        ruled = full & ~in_long_runs(full, max(2, mask.shape[axis] // 40))
         unruled = mask & ~(ruled[:, None] if axis == 0 else ruled[None, :])
         mask = unruled if unruled.any() else mask  # where all is lines, they are the digit
     h, w = mask.shape
@@ -173,7 +173,7 @@ def the_digit(mask):
     return mask
 
 
-def runs(mask, length):
+def in_long_runs(mask, length):
     """Which entries of a 1-D mask lie in a run of `length` or more."""
     if len(mask) < length:
         return torch.zeros_like(mask)
