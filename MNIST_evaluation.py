@@ -60,7 +60,7 @@ def trained_runs(names, args, hint=()):
                 except ValueError as e:
                     loaded = ValueError(f'{e}; train it again with: {run_command(args, name, run, "--force")}')
                 except OSError as e:
-                    loaded = ValueError(f'cannot read {e.filename}: {e.strerror}; give yourself access to it')
+                    loaded = ValueError(runs.unreadable(e))
             if isinstance(loaded, ValueError):
                 print(f'{label}: skipped: {loaded}', file=sys.stderr)
             if run.state != 'absent':
@@ -74,15 +74,16 @@ def run_command(args, name, run, *options):
     return cli.train_command(args, name, *options, epochs=run.planned, seed=run.history and run.history['seed'])
 
 
-def none_read(args, skipped, name):
-    """Stop, as no run could be read: those there are were skipped (a line said why each), or none is trained."""
+def none_read(args, skipped, seen, name):
+    """Stop, as no run could be read: those there are were skipped (a line said why each), have no epoch yet (a line
+    said where each stands), or none is trained."""
     if skipped:
         cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
+    if seen:
+        cli.fail(f'no run in {args.out_dir} has finished an epoch yet; the lines above say where each stands')
     if args.setting:
         asked = ', '.join(map(str, args.setting))
-        cli.fail(
-            f'Setting {asked} has no trained run in {args.out_dir}; train it first: {cli.train_command(args, name)}'
-        )
+        cli.fail(f'Setting {asked} has no run in {args.out_dir}; train it first: {cli.train_command(args, name)}')
     cli.fail(f'no trained setting in {args.out_dir}; train one first, e.g. {cli.train_command(args, name)}')
 
 
@@ -108,8 +109,9 @@ def own_digits(args):
     """--image and --draw: the trained setting that validated best (the test chooses nothing) reads your digits."""
     found = list(trained_runs(args.setting or list(Config.settings), args))
     loaded = [(label, *loaded) for _, label, _, loaded in found if loaded and not isinstance(loaded, ValueError)]
+    skipped = any(isinstance(loaded, ValueError) for *_, loaded in found)
     if not loaded:
-        none_read(args, any(isinstance(loaded, ValueError) for *_, loaded in found), 2)
+        none_read(args, skipped, found, args.setting[0] if args.setting else 2)
     label, model, checkpoint, run = max(loaded, key=lambda loaded: loaded[-1].history['best_val_accuracy'])
     accuracy = 100 * run.history['best_val_accuracy']
     print(f'Reading with {label} (its epoch {checkpoint["epoch"]} checkpoint, validation accuracy {accuracy:.2f}%)')
@@ -118,7 +120,7 @@ def own_digits(args):
         return predict(model, x).softmax(1)
 
     if args.image:
-        return 1 if digits.read_images(args.image, read, args.out_dir) else 0
+        return 1 if digits.read_images(args.image, read, args.out_dir) or skipped else 0
     try:
         digits.open_window(read, f'{label}: draw a digit with the mouse')
     except ValueError as err:
@@ -161,7 +163,7 @@ def main(argv=None):
     for line in notes:
         print(line)
     if not found:
-        none_read(args, skipped, names[0] if args.setting else 2)
+        none_read(args, skipped, seen, names[0] if args.setting else 2)
     with atomic.together():  # the report and its pictures, the previous ones or these, whole
         report.write_report(rows, skipped + notes, x, y, args.out_dir, Config)
     print(f'Report: {os.path.join(args.out_dir, "report.md")} (and report.csv and the pictures beside it)')

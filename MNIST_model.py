@@ -18,6 +18,11 @@ def data_load(data_dir, train=True):
     raw = os.path.join(data_dir, 'MNIST', 'raw')
     if os.path.isfile(data_dir):
         raise ValueError(f'the data folder {data_dir} is a file, not a folder')
+    if os.path.isdir(raw):
+        try:
+            os.listdir(raw)  # a folder that cannot be read would seem to lack the files
+        except OSError as e:
+            raise ValueError(f'cannot read {raw}: {e.strerror}') from None
     there = all(os.path.isfile(os.path.join(raw, f)) for f in RAW_FILES)  # then torchvision reads them, no download
     try:
         mnist = datasets.MNIST(data_dir, train=train, download=True)  # downloads only the files that are missing

@@ -92,6 +92,9 @@ def train_setting(name, seed, folder, args):
         except ValueError as e:
             print(f'error: {e}; start it over with: {run_command(args, name, seed, "--force")}', file=sys.stderr)
             return False
+        except OSError as e:
+            print(f'error: {runs.unreadable(e)}', file=sys.stderr)
+            return False
     runs.save_history(folder, history)  # the report names a run stopped in its first epoch; --resume mends a history
     label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):

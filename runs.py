@@ -9,6 +9,7 @@ import pickle
 import re
 import sys
 import warnings
+import zipfile
 
 import torch
 
@@ -122,13 +123,17 @@ def read_run(folder, base, seed=None):
                 read_state(last, base)
         except (OSError, ValueError) as e:
             run.state = 'damaged' if isinstance(e, (ValueError, FileNotFoundError)) else 'unreadable'
-            run.problem, run.mend = f'{unreadable(e)}, the state that --resume continues', '--force'
+            run.problem, run.mend = f'{unreadable(e)} (the state that --resume continues)', '--force'
     return run
 
 
 def unreadable(error):
-    """An error in reading a file, in words: the system's reason, or what is wrong with what it holds."""
-    return f'cannot read {error.filename}: {error.strerror}' if isinstance(error, OSError) else str(error)
+    """An error in reading a file, in words: the system's reason (and, for a permission, what to do), or what is
+    wrong with what it holds."""
+    if not isinstance(error, OSError):
+        return str(error)
+    access = '; give yourself access to it, then run again' if isinstance(error, PermissionError) else ''
+    return f'cannot read {error.filename}: {error.strerror}{access}'
 
 
 def read_history(folder, base):
@@ -176,7 +181,7 @@ def lock(folder):
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise ValueError(f'cannot create the output folder {folder}: {e.strerror}') from None
+        raise ValueError(f'cannot create the output folder {e.filename or folder}: {e.strerror}') from None
     try:
         lock = open(os.path.join(folder, CLAIMED), 'wb')
     except OSError as e:
@@ -230,7 +235,8 @@ def open_run(setting, run, resume, force, epochs, again):
             f'over with: {again("--force")}'
         )
     if resume and run.trained and not os.path.exists(last):
-        raise ValueError(f'{last} is missing; train the run again with: {again("--force")}, or evaluate it as it is')
+        evaluate = ', or evaluate it as it is' if run.state == 'finished' else ''
+        raise ValueError(f'{last} is missing; train the run again with: {again("--force")}{evaluate}')
     if resume and run.trained > epochs:
         raise ValueError(
             f'{run.folder} trained {run.trained} epochs, more than the {epochs} asked; it is kept as it is, and '
@@ -243,7 +249,7 @@ def open_run(setting, run, resume, force, epochs, again):
 def advice(run, again):
     """What is wrong with a damaged or unreadable run, and what mends it: again(option) is its own command."""
     if run.state == 'unreadable':
-        return f'{run.problem}; give yourself access to it, then run again'
+        return run.problem
     return f'{run.problem}; {"continue it" if run.mend == "--resume" else "train it again"} with: {again(run.mend)}'
 
 
@@ -285,6 +291,10 @@ def read_checkpoint(path):
         ) from None
     except (EOFError, RuntimeError):  # torch's reader on a file it read whole: empty, or no zip archive in it
         raise ValueError(f'{path} is damaged: empty, truncated or not a PyTorch checkpoint') from None
+    with zipfile.ZipFile(path) if zipfile.is_zipfile(path) else contextlib.nullcontext() as archive:
+        damaged = archive and archive.testzip()  # torch's reader skips the checksums of what it reads
+    if damaged:
+        raise ValueError(f'{path} is damaged: {damaged} in it fails its checksum')
     if not fits(checkpoint, {'epoch': 1, 'model_state_dict': {}}):
         raise ValueError(f'{path} is not a checkpoint of this project (no epoch number or model_state_dict)')
     return checkpoint
@@ -332,7 +342,8 @@ def run_identity(history):
 
 
 def load_state(folder, model, optimizer, scheduler, history):
-    """Load the state after the last finished epoch, if there is one; returns the history so far."""
+    """Load the state after the last finished epoch, if there is one; returns the history so far. ValueError where it
+    does not fit the run, OSError where it cannot be read."""
     path = os.path.join(folder, 'last.pth')
     if not os.path.exists(path):
         return history
@@ -360,8 +371,8 @@ def load_state(folder, model, optimizer, scheduler, history):
                 f'{history["threads"]} now): not bit-exact',
                 file=sys.stderr,
             )
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise ValueError(f'cannot resume from {path} ({unreadable(e)})') from None
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ValueError(f'cannot resume from {path} ({e})') from None
     if not same:
         raise ValueError(
             f'{folder} was trained with other hyperparameters or seed than asked now (for a scheduled setting, '

@@ -71,7 +71,7 @@ def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(run_main, t
     untrained = run_main('MNIST_evaluation.py', '--image', *good)
     assert_clean_error(untrained, 'no trained setting', 'train one first, e.g. python MNIST_train.py --setting 2')
     asked = run_main('MNIST_evaluation.py', '--image', *good, '--setting', '4')
-    assert_clean_error(asked, 'no trained setting', 'train one first, e.g. python MNIST_train.py --setting 4')
+    assert_clean_error(asked, 'Setting 4 has no run in', 'train it first: python MNIST_train.py --setting 4')
     shutil.copytree(trained_once, tmp_path / 'out')  # settings 1, 2 and 5
     result = run_main('MNIST_evaluation.py', '--image', images, images / 'empty', tmp_path / 'missing.png')
     assert_clean_error(result, *(f'error: {path}: {reason}' for path, reason in bad.items()))

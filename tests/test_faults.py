@@ -117,3 +117,28 @@ def test_a_full_disk_while_the_report_or_the_image_readings_are_written_names_th
         result = harness('MNIST_evaluation', FILE_SIZE_LIMIT.format(limit=100), '--device', 'cpu', *args)
         assert_clean_error(result, f'error: cannot write {trained / name}: the disk is full; free some space')
         assert result.stderr.count('\n') == 1 and '--resume' not in result.stderr
+
+
+def test_a_checkpoint_that_cannot_be_read_is_named_and_never_advised_away_with_force(trained, data_dir, tmp_path):
+    """An unreadable last.pth or best checkpoint is named with the system's reason; the advice is to give yourself
+    access, never a --force that would delete the run; the unreadable data folder likewise."""
+    user = as_a_user()
+    last, (best,) = trained / 'setting_2' / 'last.pth', (trained / 'setting_1').glob('epoch_*.pth')
+    last.chmod(0)
+    best.chmod(0)
+    resumed = finish(
+        start('MNIST_train.py', '--setting', '2', '--epochs', '2', '--resume', data=data_dir, out=trained, user=user)
+    )
+    assert_clean_error(resumed, f'error: cannot read {last}: Permission denied; give yourself access to it')
+    evaluated = finish(start('MNIST_evaluation.py', data=data_dir, out=trained, user=user))
+    assert_clean_error(evaluated, f'Setting 1: skipped: cannot read {best}: Permission denied; give yourself access')
+    assert '--force' not in resumed.stderr + evaluated.stderr and 'damaged' not in resumed.stderr + evaluated.stderr
+    raw = data_dir / 'MNIST' / 'raw'
+    raw.chmod(0)
+    try:
+        refused = finish(
+            start('MNIST_train.py', '--setting', '3', '--epochs', '1', data=data_dir, out=trained, user=user)
+        )
+    finally:
+        raw.chmod(0o755)
+    assert_clean_error(refused, f'error: cannot read {raw}: Permission denied')

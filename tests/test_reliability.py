@@ -206,7 +206,11 @@ def test_a_run_stopped_in_its_first_epoch_is_started_again_by_the_same_command(r
         ctrl_c_at_epoch(1, patch)
         assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '2').returncode == 130
     evaluated = run_main('MNIST_evaluation.py', '--setting', '2')
-    assert_clean_error(evaluated, 'Setting 2 has no trained run', 'train it first: python MNIST_train.py --setting 2 ')
+    assert_clean_error(evaluated, 'has finished an epoch yet; the lines above say where each stands')
+    assert (
+        'Setting 2: trained 0 of 2 epochs; continue with: python MNIST_train.py --setting 2 --epochs 2'
+        in evaluated.stdout
+    )
     again = run_main('MNIST_train.py', '--setting', '2', '--epochs', '1')
     assert again.returncode == 0, again.stderr
     history_file = tmp_path / 'out' / 'setting_2' / 'history.json'
@@ -859,5 +863,31 @@ def test_resume_with_fewer_epochs_than_trained_keeps_the_run_and_says_so(run_mai
 
 def test_an_untrained_setting_asked_for_is_named_beside_those_trained(run_main, trained):
     evaluated = run_main('MNIST_evaluation.py', '--setting', '4')
-    assert_clean_error(evaluated, f'Setting 4 has no trained run in {trained}; train it first: python MNIST_train.py')
+    assert_clean_error(
+        evaluated, f'Setting 4 has no run in {trained}; train it first: python MNIST_train.py --setting 4'
+    )
     assert 'no trained setting' not in evaluated.stderr
+
+
+def test_a_checkpoint_whose_bytes_were_changed_is_damaged_not_read(run_main, trained):
+    """torch's reader skips the checksums that a checkpoint holds: a changed byte would give a silently wrong
+    accuracy."""
+    (best,) = (trained / 'setting_2').glob('epoch_*.pth')
+    data = bytearray(best.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b'\xff' * 64
+    best.write_bytes(bytes(data))
+    evaluated = run_main('MNIST_evaluation.py')
+    assert_clean_error(evaluated, f'Setting 2: skipped: {best} is damaged: ', 'fails its checksum')
+    assert 'Setting 2: accuracy' not in evaluated.stdout and 'Setting 1: accuracy' in evaluated.stdout
+
+
+def test_an_evaluation_before_any_epoch_says_where_each_run_stands(run_main, tmp_path):
+    """Runs waiting their turn or stopped in their first epoch: no advice to train what a command is training, nor a
+    command that would drop their planned epochs."""
+    out = tmp_path / 'out'
+    with runs.lock(str(out / 'setting_1')), runs.lock(str(out / 'setting_2')):
+        evaluated = run_main('MNIST_evaluation.py')
+    assert_clean_error(evaluated, 'no run in', 'has finished an epoch yet; the lines above say where each stands')
+    assert (
+        'Setting 1: waiting its turn in a running command' in evaluated.stdout and 'train one' not in evaluated.stderr
+    )

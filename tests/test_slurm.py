@@ -226,7 +226,10 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
     assert f'error: cannot resume from {out / "setting_2" / "seed_3" / "last.pth"}' in logs[3]
     assert all('requeueing the task' in logs[t] for t in (1, 2))  # the task requeued itself
     (report,) = jobs(evaluation, slurm)
-    assert report['JobState'] == 'COMPLETED' and report['StartTime'] >= max(t['EndTime'] for t in tasks)
+    # the evaluation ends with status 1, as a run could not be read: the one whose state was damaged
+    assert (report['JobState'], report['ExitCode']) == ('FAILED', '1:0') and report['StartTime'] >= max(
+        t['EndTime'] for t in tasks
+    )
     for seed in range(3):
         run = f'2/seed_{seed}'
         assert history_without_times(out, run) == history_without_times(tmp_path / 'ref', run)
@@ -234,8 +237,9 @@ def test_a_sweep_on_slurm_continues_preempted_killed_and_timed_out_tasks_exactly
     printed = (out / 'logs' / f'evaluate_{evaluation}.log').read_text(encoding='utf-8')
     assert len(at_home) == 3 and all(line in printed for line in at_home)  # the three seeds as evaluated at home
     report = (out / 'report.md').read_text(encoding='utf-8')  # and the failed one named
-    left = f'left out of the table (Setting #2 there: {EPOCHS} of {EPOCHS} epochs, seeds 0, 1, 2)'
-    assert f'- Setting 2 seed 3: trained {finished[3]} of {EPOCHS} epochs; {left}; continue with: ' in report
+    damaged = f'- Setting 2 seed 3: skipped: {out / "setting_2" / "seed_3" / "last.pth"} is damaged'
+    again = f'train it again with: python MNIST_train.py --setting 2 --epochs {EPOCHS} --seeds 4 --task 3 --force'
+    assert damaged in report and again in report, report
     assert f'| Setting #2 | 200 | ReLU | 4 | 200 | {EPOCHS} |' in report  # the three seeds that finished
 
 
