@@ -205,7 +205,8 @@ def training(folder):
 
 
 def is_locked(folder, name=CLAIMED):
-    """Whether a process holds the lock file `name` in `folder` (False where there is none, or no locking)."""
+    """Whether a process holds the lock file `name` in `folder` (False where there is none, or it cannot be opened or
+    locked)."""
     with contextlib.suppress(OSError), open(os.path.join(folder, name), 'rb') as f:
         return not take(f)
     return False
