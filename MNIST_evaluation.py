@@ -46,25 +46,29 @@ def trained_runs(names, args, hint=()):
     """Each run of these settings as (name, label, run, loaded): loaded as load_run returns it, None before its first
     best epoch, or the error that says why it cannot be read, once said; the settings in `hint` that are not trained
     get a hint how to."""
-    for name in names:
-        for run in runs.runs_of(args.out_dir, name, Config.base):
-            label = f'Setting {name}' + ('' if run.seed is None else f' seed {run.seed}')
-            loaded = None
-            if run.state == 'absent' and name in hint:
-                print(f'Setting {name}: not trained yet; train it with: {cli.train_command(args, name)}')
-            elif run.state in ('damaged', 'unreadable'):
-                loaded = ValueError(runs.advice(run, functools.partial(run_command, args, name, run)))
-            elif run.best:
-                try:
-                    loaded = load_run(run, args.device)
-                except ValueError as e:
-                    loaded = ValueError(f'{e}; train it again with: {run_command(args, name, run, "--force")}')
-                except OSError as e:
-                    loaded = ValueError(runs.unreadable(e))
-            if isinstance(loaded, ValueError):
-                print(f'{label}: skipped: {loaded}', file=sys.stderr)
-            if run.state != 'absent':
-                yield name, label, run, loaded
+    found = [(name, run) for name in names for run in runs.runs_of(args.out_dir, name, Config.base)]
+    plans = [run.planned for _, run in found if run.planned]
+    seeds = [run.seed for _, run in found if run.seed is not None]
+    epochs = max(plans, key=plans.count) if plans else None  # the plan of most runs here
+    plan = {'epochs': epochs, 'seeds': max(seeds) + 1 if seeds else None}
+    for name, run in found:
+        label = f'Setting {name}' + ('' if run.seed is None else f' seed {run.seed}')
+        loaded = None
+        if run.state == 'absent' and name in hint:  # trained as the other runs here were, as they would be compared
+            print(f'Setting {name}: not trained yet; train it with: {cli.train_command(args, name, **plan)}')
+        elif run.state in ('damaged', 'unreadable'):
+            loaded = ValueError(runs.advice(run, functools.partial(run_command, args, name, run)))
+        elif run.best:
+            try:
+                loaded = load_run(run, args.device)
+            except ValueError as e:
+                loaded = ValueError(f'{e}; train it again with: {run_command(args, name, run, "--force")}')
+            except OSError as e:
+                loaded = ValueError(runs.unreadable(e))
+        if isinstance(loaded, ValueError):
+            print(f'{label}: skipped: {loaded}', file=sys.stderr)
+        if run.state != 'absent':
+            yield name, label, run, loaded
 
 
 def run_command(args, name, run, *options):

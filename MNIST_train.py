@@ -96,7 +96,7 @@ def train_setting(name, seed, folder, args):
             print(f'error: {runs.unreadable(e)}', file=sys.stderr)
             return False
     runs.save_history(folder, history)  # the report names a run stopped in its first epoch; --resume mends a history
-    label = f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
+    label = run_label(args, name, seed)
     for epoch in range(len(history['epochs']) + 1, hyper['epochs'] + 1):
         start = time.perf_counter()
         train_loss = train(model, optimizer, scheduler, x_train, y_train, hyper)
@@ -179,13 +179,15 @@ def main(argv=None):
         claimed, refused, said = [], [], []
         for name, seed, folder in trainings:  # a run refused is named, and the others train
             try:
-                locks.enter_context(claim(args, name, seed, folder))
-                claimed.append((name, seed, folder))
+                held = claim(args, name, seed, folder)
+                if held:
+                    locks.enter_context(held)
+                    claimed.append((name, seed, folder))
             except ValueError as e:
                 if f'{e}' not in said:  # a sentence on a setting is said once for all its seeds
                     print(f'error: {e}', file=sys.stderr)
                 said.append(f'{e}')
-                refused.append(f'Setting {name}' + (f' seed {seed}' if args.seeds else ''))
+                refused.append(run_label(args, name, seed))
         trained = cli.run_all(functools.partial(train_run, args=args), claimed, args.jobs, args.device)
     if refused and claimed:  # said again after the others' lines
         print(f'error: not trained: {", ".join(refused)}; the first lines say why', file=sys.stderr)
@@ -193,18 +195,27 @@ def main(argv=None):
 
 
 def claim(args, name, seed, folder):
-    """Lock a run of this command and check that it may train (runs.open_run): the lock, or ValueError why not. A
-    refused run is not locked, so that it is not taken for one waiting its turn."""
+    """Lock a run of this command and check that it may train (runs.open_run): the lock, None where it is finished,
+    or ValueError why not. A run it leaves is not locked, so that it is not taken for one waiting its turn."""
     held = runs.lock(folder)
     try:
         run = runs.read_run(folder, Config.base, seed if args.seeds else None)
         epochs = args.epochs or setting(name)['epochs']
         again = functools.partial(run_command, args, name, seed)
-        runs.open_run(runs.run_dir(args.out_dir, name), run, args.resume, args.force, epochs, again)
+        if not runs.open_run(runs.run_dir(args.out_dir, name), run, args.resume, args.force, epochs, again):
+            print(
+                f'Setting {name}' + (f' seed {seed}' if args.seeds else '') + f': finished, {epochs} of {epochs} epochs'
+            )
+            held.close()
+            return None
     except ValueError:
         held.close()
         raise
     return held
+
+
+def run_label(args, name, seed):
+    return f'Setting {name}' + (f' seed {seed}' if args.seeds else '')
 
 
 def run_command(args, name, seed, *options, whole=False):

@@ -127,8 +127,11 @@ def run_script(main, interrupted='Interrupted.', trains=False):
         print(f'\n{interrupted}', file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except OSError as e:
-        full = e.errno in (errno.ENOSPC, errno.EFBIG)  # EFBIG: the file-size limit, a full disk for this process
-        reason = 'the disk is full; free some space, then run again' if full else e.strerror
+        reasons = {
+            errno.ENOSPC: 'the disk is full; free some space, then run again',
+            errno.EFBIG: 'the file would pass the file-size limit (ulimit -f); raise it, then run again',
+        }
+        reason = reasons.get(e.errno, e.strerror)
         again = ' (training with --resume continues)' if trains else ''
         if isinstance(e, atomic.WriteError):
             fail(f'cannot write {e.filename}: {reason}{again}')

@@ -215,8 +215,8 @@ def is_locked(folder, name=CLAIMED):
 def open_run(setting, run, resume, force, epochs, again):
     """Check a run that this command has claimed (lock), `setting`'s own or a seed's: results are continued or deleted
     only when asked, and a setting's own run and its seeds' runs are not trained side by side. `epochs`: those
-    asked; again(option): this run's own command with that option (whole=True: its setting's). ValueError says why
-    it is refused."""
+    asked; again(option): this run's own command with that option (whole=True: its setting's). False where the run is
+    finished with the epochs asked, and so has nothing to train; ValueError says why it is refused."""
     for tmp in glob.glob(os.path.join(glob.escape(run.folder), '*.tmp')):  # left by a run killed while writing
         os.remove(tmp)
     last = os.path.join(run.folder, 'last.pth')
@@ -245,6 +245,7 @@ def open_run(setting, run, resume, force, epochs, again):
         )
     for path in results(run.folder) if force else []:
         os.remove(path)
+    return force or not (resume and run.state == 'finished' and run.trained == epochs)  # else nothing to train
 
 
 def advice(run, again):

@@ -115,7 +115,9 @@ def test_a_full_disk_while_the_report_or_the_image_readings_are_written_names_th
     image = seven(tmp_path / 'seven.png')
     for args, name in (((), 'report.md'), (('--image', image), 'own_digits.png')):
         result = harness('MNIST_evaluation', FILE_SIZE_LIMIT.format(limit=100), '--device', 'cpu', *args)
-        assert_clean_error(result, f'error: cannot write {trained / name}: the disk is full; free some space')
+        assert_clean_error(
+            result, f'error: cannot write {trained / name}: the file would pass the file-size limit (ulimit -f)'
+        )
         assert result.stderr.count('\n') == 1 and '--resume' not in result.stderr
 
 

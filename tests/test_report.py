@@ -262,3 +262,15 @@ def test_seeds_waiting_their_turn_are_not_called_untrained(run_main, tmp_path):
     assert 'Setting 2 seed 0: waiting its turn in a running command' in lines
     assert 'Setting 2 seed 1: waiting its turn in a running command' in lines
     assert 'Setting 2: not' not in evaluated.stdout and evaluated.returncode == 0
+
+
+def test_a_setting_not_trained_yet_is_hinted_as_the_other_runs_here_trained(run_main, tmp_path):
+    """Where Setting 1 was trained with seeds, the hint trains Setting 2 as it, seeds and epochs, so that a command
+    of both settings with --resume is not refused."""
+    assert run_main('MNIST_train.py', '--setting', '1', '--seeds', '2', '--epochs', '2').returncode == 0
+    evaluated = run_main('MNIST_evaluation.py')
+    hint = 'Setting 2: not trained yet; train it with: python MNIST_train.py --setting 2 --epochs 2 --seeds 2 '
+    (line,) = [text for text in evaluated.stdout.splitlines() if text.startswith(hint)]
+    assert run_main(*shlex.split(line.split('train it with: ')[1])[1:]).returncode == 0  # as printed
+    again = run_main('MNIST_train.py', '--setting', 'all', '--seeds', '2', '--epochs', '2', '--task', '0', '--resume')
+    assert again.returncode == 0 and 'Setting 1 seed 0: finished, 2 of 2 epochs' in again.stdout
