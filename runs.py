@@ -1,4 +1,5 @@
-"""A run on disk: what a training writes into its folder, each file whole, and reads back to resume."""
+"""A run on disk: its state, read in one place, what a training writes into its folder, each file whole, and reads back
+to resume."""
 
 import contextlib
 import dataclasses
