@@ -1,5 +1,4 @@
-"""A run on disk: its state, read in one place, what a training writes into its folder, each file whole, and reads back
-to resume."""
+"""A run on disk: its one state, and the files a training writes whole into its folder and reads to resume."""
 
 import contextlib
 import dataclasses
