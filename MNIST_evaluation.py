@@ -22,8 +22,13 @@ def evaluate_run(model, checkpoint, run, x, y):
     """Test logits and accuracy of a run's best checkpoint, with its epoch, history and state."""
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
-    result = {'epoch': checkpoint['epoch'], 'accuracy': accuracy, 'logits': logits, 'history': run.history}
-    return result | {'state': run.state, 'run': run}
+    return {
+        'epoch': checkpoint['epoch'],
+        'accuracy': accuracy,
+        'logits': logits,
+        'history': run.history,
+        'state': run.state,
+    }
 
 
 def load_run(run, device):
@@ -73,9 +78,8 @@ def trained_runs(names, args, hint=()):
 
 def run_command(args, name, run, *options):
     """The trainer's command for `run` alone, with `options`: its planned epochs, its seed, these folders."""
-    if run.seed is not None:  # run I of seeds 0..I
-        return cli.train_command(args, name, *options, epochs=run.planned, seeds=run.seed + 1, task=run.seed)
-    return cli.train_command(args, name, *options, epochs=run.planned, seed=run.history and run.history['seed'])
+    seed = run.history['seed'] if run.seed is None and run.history else run.seed
+    return cli.train_command(args, name, *options, epochs=run.planned, seed=seed, seeded=run.seed is not None)
 
 
 def none_read(args, skipped, seen, name):
@@ -161,7 +165,7 @@ def main(argv=None):
         if result:
             print(f'{label}: accuracy of the {result["epoch"]} epoch trained model: {100 * result["accuracy"]:.2f}%')
             found.setdefault(name, []).append(result)
-        seen.append((name, label, result['run'] if result else run, result))
+        seen.append((name, label, loaded[2] if loaded else run, result))  # as read again, where it was
     rows = {name: report.row_runs(results) for name, results in found.items()}
     notes = [line for run in seen if (line := note(*run, rows.get(run[0]), args))]
     for line in notes:

@@ -118,7 +118,7 @@ def train_setting(name, seed, folder, args):
             history['best_epoch'], history['best_val_accuracy'] = epoch, val_acc
             # the checkpoint that the evaluation reloads; the previous one goes once the state after this epoch is saved
             best = dict(epoch=epoch, model_state_dict=model.state_dict(), hyperparameters=hyper, val_accuracy=val_acc)
-            atomic.save_torch(os.path.join(folder, f'epoch_{epoch}.pth'), best)
+            atomic.save_torch(runs.best_checkpoint(folder, epoch), best)
         with atomic.signals_held():  # a stop waits until the epoch is saved and its line printed
             runs.save_state(folder, model, optimizer, scheduler, history)
             print(
@@ -127,11 +127,10 @@ def train_setting(name, seed, folder, args):
             )
     if history['best_epoch']:
         pictures.plot_val_accuracy({label: history}, os.path.join(folder, 'val_accuracy.png'))
-        best = os.path.join(folder, f'epoch_{history["best_epoch"]}.pth')
         print(
             f'{label}: best epoch {history["best_epoch"]} (val acc {100 * history["best_val_accuracy"]:.2f}%), '
             f'{len(history["epochs"])} epochs in {history["training_time"]:.1f} s -> '
-            f'{best}'
+            f'{runs.best_checkpoint(folder, history["best_epoch"])}'
         )
     return True
 
@@ -203,9 +202,7 @@ def claim(args, name, seed, folder):
         epochs = args.epochs or setting(name)['epochs']
         again = functools.partial(run_command, args, name, seed)
         if not runs.open_run(runs.run_dir(args.out_dir, name), run, args.resume, args.force, epochs, again):
-            print(
-                f'Setting {name}' + (f' seed {seed}' if args.seeds else '') + f': finished, {epochs} of {epochs} epochs'
-            )
+            print(f'{run_label(args, name, seed)}: finished, {epochs} of {epochs} epochs')
             held.close()
             return None
     except ValueError:
@@ -220,9 +217,8 @@ def run_label(args, name, seed):
 
 def run_command(args, name, seed, *options, whole=False):
     """The command that trains this command's run of `name` and `seed` alone (or, `whole`, the setting's every run)."""
-    one = {} if whole or not args.seeds else {'seeds': seed + 1, 'task': seed}  # run I of seeds 0..I
-    seeds = {'seeds': args.seeds} if whole else one or {'seed': seed}
-    return cli.train_command(args, name, *options, epochs=args.epochs, **seeds)
+    seeds = {'seeds': args.seeds} if whole else {'seeded': bool(args.seeds)}
+    return cli.train_command(args, name, *options, epochs=args.epochs, seed=seed, **seeds)
 
 
 if __name__ == '__main__':

@@ -76,13 +76,18 @@ def command_line(args):
     return subprocess.list2cmdline(args) if sys.platform == 'win32' else shlex.join(args)
 
 
-def train_command(args, name, *options, epochs=None, seed=None, seeds=None, task=None):
-    """The trainer's command for setting `name` with these options, and `args`' folders where not the default."""
+def train_command(args, name, *options, epochs=None, seed=None, seeded=False, seeds=None):
+    """The trainer's command for setting `name` with these options: its run of `seed` (where `seeded`, a run of
+    --seeds, as run `seed` of seeds 0..seed, which trains it alone), or its runs of `seeds` seeds; `args`' folders
+    where they are not the default."""
     words = ['python', 'MNIST_train.py', '--setting', str(name)]
     words += ['--epochs', str(epochs)] if epochs else []
-    words += ['--seed', str(seed)] if seed not in (None, args.config.seed) else []
-    words += ['--seeds', str(seeds)] if seeds else []
-    words += ['--task', str(task)] if task is not None else []
+    if seeded:
+        words += ['--seeds', str(seed + 1), '--task', str(seed)]
+    elif seeds:
+        words += ['--seeds', str(seeds)]
+    elif seed not in (None, args.config.seed):
+        words += ['--seed', str(seed)]
     words += options
     words += ['--data-dir', str(args.data_dir)] if args.data_dir != args.config.data_dir else []
     words += ['--out-dir', str(args.out_dir)] if args.out_dir != args.config.out_dir else []

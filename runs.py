@@ -52,7 +52,12 @@ class Run:
     def best(self):
         """The best epoch's checkpoint, which the history names; None before a best epoch."""
         best_epoch = self.history['best_epoch'] if self.history else 0
-        return os.path.join(self.folder, f'epoch_{best_epoch}.pth') if best_epoch else None
+        return best_checkpoint(self.folder, best_epoch) if best_epoch else None
+
+
+def best_checkpoint(folder, epoch):
+    """The checkpoint of a run's best epoch, `epoch`."""
+    return os.path.join(folder, f'epoch_{epoch}.pth')
 
 
 def run_dir(out_dir, name, seed=None):
@@ -153,9 +158,8 @@ def read_history(folder, base):
 
 def results(folder):
     """The files of a run that the project wrote into `folder`."""
-    return [p for p in [os.path.join(folder, f) for f in RESULTS] if os.path.exists(p)] + numbered(
-        folder, 'epoch_N.pth'
-    )
+    files = [os.path.join(folder, f) for f in RESULTS]
+    return [p for p in files if os.path.exists(p)] + numbered(folder, 'epoch_N.pth')
 
 
 def save_history(folder, history):
@@ -293,10 +297,11 @@ def read_checkpoint(path):
         ) from None
     except (EOFError, RuntimeError):  # torch's reader on a file it read whole: empty, or no zip archive in it
         raise ValueError(f'{path} is damaged: empty, truncated or not a PyTorch checkpoint') from None
-    with zipfile.ZipFile(path) if zipfile.is_zipfile(path) else contextlib.nullcontext() as archive:
-        damaged = archive and archive.testzip()  # torch's reader skips the checksums of what it reads
-    if damaged:
-        raise ValueError(f'{path} is damaged: {damaged} in it fails its checksum')
+    if zipfile.is_zipfile(path):  # torch's reader skips the checksums of what it reads
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged:
+            raise ValueError(f'{path} is damaged: {damaged} in it fails its checksum')
     if not fits(checkpoint, {'epoch': 1, 'model_state_dict': {}}):
         raise ValueError(f'{path} is not a checkpoint of this project (no epoch number or model_state_dict)')
     return checkpoint
@@ -399,5 +404,5 @@ def save_state(folder, model, optimizer, scheduler, history):
     save_torch(os.path.join(folder, 'last.pth'), state)
     save_history(folder, history)
     for path in numbered(folder, 'epoch_N.pth'):  # the previous best, once the state that names the new one is saved
-        if path != os.path.join(folder, f'epoch_{history["best_epoch"]}.pth'):
+        if path != best_checkpoint(folder, history['best_epoch']):
             os.remove(path)
