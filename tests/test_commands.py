@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -20,6 +21,7 @@ import MNIST_evaluation
 import MNIST_train
 import runs
 from tests.idx import write_mnist
+from tests.test_reliability import ctrl_c_at_epoch
 
 SETTINGS = ['1', '2']
 settings.register_profile('commands', max_examples=5, stateful_step_count=8, deadline=None, derandomize=True)
@@ -29,25 +31,15 @@ settings.register_profile('deep', max_examples=200, stateful_step_count=20, dead
 def run(script, argv, interrupt_at=None):
     """A script's main() as its command line runs it, in this process: (exit status, stdout, stderr). Ctrl-C comes
     as the `interrupt_at`-th epoch starts."""
-    real_train, calls = MNIST_train.train, []
-
-    def train(*args):
-        calls.append(1)
-        if len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        return real_train(*args)
-
     out, err = io.StringIO(), io.StringIO()
-    MNIST_train.train = train
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.run_script(lambda: script.main(argv))
-            except SystemExit as e:  # a string: the sentence that Python prints, with status 1
-                code = e.code if isinstance(e.code, int) else 1
-                print(e.code if isinstance(e.code, str) else '', file=sys.stderr)
-    finally:
-        MNIST_train.train = real_train
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if interrupt_at:
+            ctrl_c_at_epoch(interrupt_at, patch)
+        try:
+            code = cli.run_script(lambda: script.main(argv))
+        except SystemExit as e:  # a string: the sentence that Python prints, with status 1
+            code = e.code if isinstance(e.code, int) else 1
+            print(e.code if isinstance(e.code, str) else '', file=sys.stderr)
     return code, out.getvalue(), err.getvalue()
 
 
