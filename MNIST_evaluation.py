@@ -22,18 +22,11 @@ def evaluate_run(model, checkpoint, run, x, y):
     """Test logits and accuracy of a run's best checkpoint, with its epoch, history and state."""
     logits = predict(model, x)
     accuracy = (logits.argmax(1) == y).float().mean().item()
-    return {
-        'epoch': checkpoint['epoch'],
-        'accuracy': accuracy,
-        'logits': logits,
-        'history': run.history,
-        'state': run.state,
-    }
+    return dict(epoch=checkpoint['epoch'], accuracy=accuracy, logits=logits, history=run.history, state=run.state)
 
 
 def load_run(run, device):
-    """A run's best-epoch network, checkpoint and run; ValueError says what is wrong. A run in training may replace
-    its best checkpoint as it is read: then the run is read again."""
+    """A run's best-epoch network, checkpoint and run, read again where a training replaced its best checkpoint."""
     try:
         model = build_model(run.history['hyperparameters']).to(device)
     except RuntimeError as e:  # a network of no possible size
@@ -48,9 +41,8 @@ def load_run(run, device):
 
 
 def trained_runs(names, args, hint=()):
-    """Each run of these settings as (name, label, run, loaded): loaded as load_run returns it, None before its first
-    best epoch, or the error that says why it cannot be read, once said; the settings in `hint` that are not trained
-    get a hint how to."""
+    """Each run of these settings as (name, label, run, loaded): loaded as load_run returns it, None before a best
+    epoch, or the error that says why not, once said; the untrained settings in `hint` get a hint how to train."""
     found = [(name, run) for name in names for run in runs.runs_of(args.out_dir, name, Config.base)]
     plans = [run.planned for _, run in found if run.planned]
     seeds = [run.seed for _, run in found if run.seed is not None]
@@ -83,8 +75,7 @@ def run_command(args, name, run, *options):
 
 
 def none_read(args, skipped, seen, name):
-    """Stop, as no run could be read: those there are were skipped (a line said why each), have no epoch yet (a line
-    said where each stands), or none is trained."""
+    """Stop, as no run could be read: each was skipped or has no epoch yet (a line said so), or none is trained."""
     if skipped:
         cli.fail(f'no run in {args.out_dir} could be evaluated; the lines above say why')
     if seen:
@@ -96,8 +87,7 @@ def none_read(args, skipped, seen, name):
 
 
 def note(name, label, run, result, row, args):
-    """A line on a run that is not finished (waiting, training, stopped: how to continue, diverged) or whose `result`
-    its setting's `row` leaves out of the table; else None."""
+    """A line on a run that is not finished, or whose `result` its setting's `row` leaves out of its table; or None."""
     done = f'{run.trained} of {run.planned} epochs'
     left_out = result and all(result is not r for r in row)
     left = f'; left out of the table (Setting #{name} there: {report.described(row)})' if left_out else ''

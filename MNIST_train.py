@@ -194,8 +194,8 @@ def main(argv=None):
 
 
 def claim(args, name, seed, folder):
-    """Lock a run of this command and check that it may train (runs.open_run): the lock, None where it is finished,
-    or ValueError why not. A run it leaves is not locked, so that it is not taken for one waiting its turn."""
+    """Lock a run of this command if it may train (runs.open_run): the lock, None where it is finished, or ValueError
+    why not; a run it leaves is not locked, not to be taken for one waiting its turn."""
     held = runs.lock(folder)
     try:
         run = runs.read_run(folder, Config.base, seed if args.seeds else None)

@@ -47,8 +47,8 @@ def together():
 
 @contextlib.contextmanager
 def signals_held():
-    """Ctrl-C and SIGTERM wait until the block has run, then stop the program as they would have. In another thread,
-    which signals never interrupt (and which cannot set their handlers), the block just runs."""
+    """Ctrl-C and SIGTERM wait until the block has run, then stop the program (in another thread, which they never
+    interrupt, the block just runs)."""
     caught, main = [], threading.current_thread() is threading.main_thread()
     held = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM) if main}
     try:

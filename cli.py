@@ -77,9 +77,8 @@ def command_line(args):
 
 
 def train_command(args, name, *options, epochs=None, seed=None, seeded=False, seeds=None):
-    """The trainer's command for setting `name` with these options: its run of `seed` (where `seeded`, a run of
-    --seeds, as run `seed` of seeds 0..seed, which trains it alone), or its runs of `seeds` seeds; `args`' folders
-    where they are not the default."""
+    """The trainer's command for setting `name` with these options: its run of `seed` (`seeded`: of --seeds, as the
+    last run of seeds 0..seed), or its runs of `seeds` seeds; `args`' folders where they are not the default."""
     words = ['python', 'MNIST_train.py', '--setting', str(name)]
     words += ['--epochs', str(epochs)] if epochs else []
     if seeded:
@@ -95,8 +94,7 @@ def train_command(args, name, *options, epochs=None, seed=None, seeded=False, se
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, timeout, a scheduler's time limit): a request to stop, raised where the program is, as
-    Ctrl-C raises KeyboardInterrupt."""
+    """SIGTERM (kill, timeout, a scheduler's time limit), raised where the program is, as Ctrl-C raises its own."""
 
 
 def terminated(signum, frame):
@@ -104,10 +102,9 @@ def terminated(signum, frame):
 
 
 def start_process(window=False):
-    """The scripts' process-wide settings, made before torch starts its threads (which inherit them): pictures go
-    to files unless a window is asked for; denormal floats, which weight decay breeds in blank pixels' weights and
-    which slow CPUs, are zero; SIGTERM stops the script as Ctrl-C does, and so does SIGINT where a shell started it
-    in the background with SIGINT ignored."""
+    """Settings of the process, before torch starts its threads: pictures in files unless a window is asked for;
+    denormal floats (weight decay breeds them in blank pixels' weights, and they slow CPUs) zero; SIGTERM stops the
+    script as Ctrl-C does, and so does SIGINT where a shell started it in the background with SIGINT ignored."""
     if not window:
         matplotlib.use('Agg')
     torch.set_flush_denormal(True)
@@ -121,9 +118,9 @@ def fail(message):
 
 
 def run_script(main, interrupted='Interrupted.', trains=False):
-    """Run a script's main(): quiet when the reader of its output goes away (| head); on Ctrl-C or SIGTERM the
-    sentence `interrupted` and the status 128 + the signal's number; one sentence for a file or the output that cannot
-    be written, which says, where the script `trains`, that --resume continues."""
+    """Run a script's main(): quiet when the reader of its output goes away (| head); on Ctrl-C or SIGTERM the sentence
+    `interrupted` and the status 128 + the signal; one sentence for a file that cannot be written (`trains`: with
+    --resume)."""
     try:
         code = main()
         sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
@@ -150,9 +147,8 @@ def run_script(main, interrupted='Interrupted.', trains=False):
 
 
 def run_all(train, runs, jobs, device):
-    """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went
-    well. Stopping this process (Ctrl-C, SIGTERM) stops every worker. Forked workers share what this process has
-    loaded; spawned ones share nothing."""
+    """train(*run) for every run, one after another or shared among `jobs` worker processes; True if all went well.
+    Stopping this process (Ctrl-C, SIGTERM) stops every worker."""
     jobs = min(jobs, len(runs))
     if jobs <= 1:
         return all([train(*run) for run in runs])
@@ -194,7 +190,6 @@ def work(train, runs, threads):
 
 
 def exit_with_command():
-    """End this worker as soon as its command has ended without stopping it (SIGKILL, a crash): no worker trains
-    on without its command, holding the folder's lock."""
+    """End this worker once its command has ended without stopping it (SIGKILL, a crash), not to train on alone."""
     multiprocessing.parent_process().join()
     os._exit(1)

@@ -20,8 +20,8 @@ MAX_PIXELS = 50_000_000  # a phone's photo of 48 megapixels; a larger image is r
 
 
 def image_files(path):
-    """The image files in the folder `path`, saying in a line which other entries it passed over; or else `path`
-    itself, for read_image to say what is wrong with it. ValueError where the folder cannot be read."""
+    """The image files in the folder `path` (a line names the entries passed over), or else `path`, for read_image to
+    say what is wrong with it; ValueError where the folder cannot be read."""
     if not os.path.isdir(path):
         return [path]
     try:
@@ -214,8 +214,8 @@ def show_reading(axes, image, x, probabilities, title):
 
 
 def read_images(paths, read, out_dir):
-    """Print what the network reads in each image file (or folder of them) and write own_digits.png and
-    own_digits.csv; returns how many could not be read. read(x): the ten probabilities for images [B, 784]."""
+    """Print what read(x), the ten probabilities for images [B, 784], gives for each image file (or folder of them),
+    write own_digits.png and own_digits.csv; returns how many could not be read."""
     readings, failed = [], 0
     for path in paths:
         try:
@@ -255,8 +255,8 @@ def read_images(paths, read, out_dir):
 
 
 def draw(read, title):
-    """A window to draw a digit in with the mouse. After each stroke it shows what the network sees and reads;
-    the button clears the paper. Returns the figure and the button, which must be kept."""
+    """A window to draw a digit in, showing after each stroke what the network sees and reads: the figure and its
+    Clear button, which must be kept."""
     fig, axes = plt.subplots(1, 3, figsize=(11, 4), width_ratios=[1, 1, 1.6], layout='constrained')
     fig.suptitle(title)
     paper = Image.new('L', (280, 280), 255)

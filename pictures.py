@@ -63,8 +63,8 @@ def plot_weight_decay(sweep, path):
 
 
 def plot_mistakes(result, x, y, title, out_dir):
-    """A run's confusion matrix of the test split (a picture and its counts in CSV) and its most confident
-    mistakes: the test images with their true and their predicted digit, and the probability of each."""
+    """A run's confusion matrix of the test split (a picture and a CSV) and its most confident mistakes, each with the
+    probability of its true and of its predicted digit."""
     probabilities = result['logits'].double().softmax(1)  # float32 rounds the most confident mistakes to 1
     confidence, predicted = probabilities.max(1)
     counts = torch.bincount(y * 10 + predicted, minlength=100).view(10, 10)

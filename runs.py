@@ -78,8 +78,7 @@ def runs_of(out_dir, name, base):
 
 
 def numbered(folder, pattern):
-    """The entries of `folder` named exactly as the project names them, `pattern` with a number for N, sorted by
-    N; others (a copy, a renamed folder) are not the project's."""
+    """The entries of `folder` named exactly `pattern` with a number for N (not a copy), sorted by N."""
     if not os.path.isdir(folder):
         return []
     numbers = re.compile(re.escape(pattern).replace('N', '(0|[1-9][0-9]*)'))
@@ -88,8 +87,7 @@ def numbered(folder, pattern):
 
 
 def read_run(folder, base, seed=None):
-    """The state of the run in `folder`, decided here alone, from its files and locks. `base` holds the
-    hyperparameters, of their kinds, that a history must hold."""
+    """The state of the run in `folder`, decided here alone from its files and locks; `base`: the hyperparameters."""
     run = Run(folder, seed)
     last = os.path.join(folder, 'last.pth')
     try:
@@ -133,8 +131,7 @@ def read_run(folder, base, seed=None):
 
 
 def unreadable(error):
-    """An error in reading a file, in words: the system's reason (and, for a permission, what to do), or what is
-    wrong with what it holds."""
+    """An error in reading a file, in words: the system's reason (and for a permission, what to do), or what's wrong."""
     if not isinstance(error, OSError):
         return str(error)
     access = '; give yourself access to it, then run again' if isinstance(error, PermissionError) else ''
@@ -142,17 +139,17 @@ def unreadable(error):
 
 
 def read_history(folder, base):
-    """A run's history.json, checked; None where there is none. OSError where it cannot be read, ValueError where
+    """A run's history.json, checked; None where there is none, OSError where it cannot be read, ValueError where
     what it holds is wrong."""
     path = os.path.join(folder, 'history.json')
     try:
         with open(path, encoding='utf-8') as f:
             history = json.load(f)
-        check_history(history, base)
     except FileNotFoundError:
         return None
-    except ValueError as e:  # JSON's error, a byte that is not UTF-8, or check_history's
+    except ValueError as e:  # JSON's error, or a byte that is not UTF-8
         raise ValueError(f'{path} is damaged ({e})') from None
+    check_history(history, base, path)
     return history
 
 
@@ -179,9 +176,8 @@ def take(file):
 
 
 def lock(folder):
-    """Claim a run's folder for this command, making it if need be: one command writes it at a time. Returns the
-    lock, which the operating system releases when it is closed or when this process ends, however it ends;
-    ValueError where it cannot."""
+    """Claim a run's folder (made if need be) for this command alone: the lock, which the system releases when it is
+    closed or this process ends, however it ends; ValueError where it cannot."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -209,8 +205,7 @@ def training(folder):
 
 
 def is_locked(folder, name=CLAIMED):
-    """Whether a process holds the lock file `name` in `folder` (False where there is none, or it cannot be opened or
-    locked)."""
+    """Whether a process holds the lock file `name` in `folder` (False where there is none, or it cannot be read)."""
     with contextlib.suppress(OSError), open(os.path.join(folder, name), 'rb') as f:
         return not take(f)
     return False
@@ -260,9 +255,8 @@ def advice(run, again):
 
 
 def start_over(*settings):
-    """--force for a command that trains settings whole: delete the results of their every run, each one's own and its
-    seeds', so that only this command's remain; every folder is locked first, so that while another process writes
-    one of them, one sentence says so and nothing is deleted."""
+    """--force for a command that trains settings whole: delete the results of their every run and seed, once every
+    folder is locked (while another process writes one of them, one sentence says so and nothing is deleted)."""
     folders = [run for folder in settings if os.path.isdir(folder) for run in (folder, *numbered(folder, 'seed_N'))]
     with contextlib.ExitStack() as locks:
         for run in folders:
@@ -285,8 +279,7 @@ def fits(value, like):
 
 
 def read_checkpoint(path):
-    """A checkpoint read safely (tensors and plain values only) onto the CPU; ValueError says what is wrong with what it
-    holds, OSError why it cannot be read."""
+    """A checkpoint read safely (tensors and plain values only) onto the CPU; ValueError: what is wrong with it."""
     try:
         with warnings.catch_warnings():  # torch's note on a foreign pickle, which is refused below anyway
             warnings.filterwarnings('ignore', 'Detected pickle protocol', UserWarning)
@@ -307,13 +300,9 @@ def read_checkpoint(path):
     return checkpoint
 
 
-def load_checkpoint(path, model):
-    """Read a checkpoint and load its weights into `model`, wherever the model is; ValueError says what is wrong."""
-    return load_weights(path, read_checkpoint(path), model)
-
-
-def load_weights(path, checkpoint, model):
-    """The weights of the checkpoint read from `path` into `model`; ValueError where they do not fit it."""
+def load_checkpoint(path, model, checkpoint=None):
+    """The weights of a checkpoint (read from `path`, unless given) in `model`; ValueError says what is wrong."""
+    checkpoint = checkpoint or read_checkpoint(path)
     try:
         model.load_state_dict(checkpoint['model_state_dict'])
     except ValueError as e:  # the checkpoint's network differs from the one built for its run
@@ -326,20 +315,19 @@ def load_weights(path, checkpoint, model):
 def read_state(path, hyperparameters):
     """The state after a run's last finished epoch, with its history checked; ValueError says what is wrong."""
     state = read_checkpoint(path)
-    try:
-        check_history(state['history'], hyperparameters)
-    except (KeyError, ValueError) as e:
-        raise ValueError(f'{path} is damaged ({e})') from None
+    check_history(state.get('history'), hyperparameters, path)
     return state
 
 
-def check_history(history, hyperparameters):
-    """ValueError unless a history read from a file holds every value that the evaluation and --resume read, of its
+def check_history(history, hyperparameters, path):
+    """ValueError unless a history read from `path` holds every value that the evaluation and --resume read, of its
     kind (`hyperparameters` shows theirs), and its epochs numbered from 1, the best one among them."""
     n = len(history['epochs']) if fits(history, {**HISTORY, 'hyperparameters': hyperparameters}) else -1
     in_order = n >= 0 and [e['epoch'] for e in history['epochs']] == list(range(1, n + 1))
     if not in_order or history['best_epoch'] > n or not isinstance(history.get('diverged', 0), int):
-        raise ValueError('its history lacks a value or holds one of another kind, or its epochs do not add up')
+        raise ValueError(
+            f'{path} is damaged (its history lacks a value or holds one of another kind, or its epochs do not add up)'
+        )
 
 
 def run_identity(history):
@@ -355,7 +343,7 @@ def load_state(folder, model, optimizer, scheduler, history):
     if not os.path.exists(path):
         return history
     try:
-        state = load_weights(path, read_state(path, history['hyperparameters']), model)
+        state = load_checkpoint(path, model, read_state(path, history['hyperparameters']))
         same = run_identity(state['history']) == run_identity(history)
         optimizer.load_state_dict(state['optimizer_state_dict'])
         if scheduler:
@@ -364,20 +352,15 @@ def load_state(folder, model, optimizer, scheduler, history):
         device, before = next(model.parameters()).device, state['history']['device'].split(':')[0]
         if (before == 'cpu') != (state.get('device_rng_state') is None):
             raise ValueError(f'its random state is not that of a run on {before}')
-        threads = state['history'].get('threads', history['threads'])
+        threads, change = state['history'].get('threads', history['threads']), None
         if before != device.type:  # the other device's generator cannot be restored here
-            print(
-                f'warning: {folder} continues on {device.type} after training on {before}: not bit-exact',
-                file=sys.stderr,
-            )
+            change = f'on {device.type} after training on {before}'
         elif before != 'cpu':
             torch.get_device_module(device).set_rng_state(state['device_rng_state'], device)
         elif threads != history['threads']:  # on the CPU, whose sums it adds in another order
-            print(
-                f'warning: {folder} continues with another number of CPU threads ({threads} before, '
-                f'{history["threads"]} now): not bit-exact',
-                file=sys.stderr,
-            )
+            change = f'with another number of CPU threads ({threads} before, {history["threads"]} now)'
+        if change:
+            print(f'warning: {folder} continues {change}: not bit-exact', file=sys.stderr)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f'cannot resume from {path} ({e})') from None
     if not same:
@@ -389,8 +372,8 @@ def load_state(folder, model, optimizer, scheduler, history):
 
 
 def save_state(folder, model, optimizer, scheduler, history):
-    """The state after an epoch, for --resume, and the history, each written atomically. The random state is the
-    CPU's and, on an accelerator, the accelerator's, which draws the warps and the dropout there."""
+    """The state after an epoch, for --resume, and the history, each written whole; with the accelerator's random
+    state where there is one, which draws the warps and the dropout there."""
     device = next(model.parameters()).device
     state = {
         'epoch': len(history['epochs']),
