@@ -69,11 +69,9 @@ def read_image(path):
         if extension not in IMAGE_TYPES and image_type(path):
             raise ValueError(f'Pillow cannot read {extension[1:].upper()} images; convert it to JPEG or PNG') from None
         raise ValueError('not a PNG, JPEG, BMP, GIF or WebP image, nor another type that Pillow reads') from None
-    except OSError as e:
-        if e.errno is not None:  # the system's error: the file could not be read
+    except (OSError, SyntaxError, ValueError, TypeError) as e:  # Pillow's decoders raise each for a damaged file
+        if getattr(e, 'errno', None) is not None:  # the system's error: the file could not be read
             raise ValueError(f'cannot read it: {e.strerror}') from None
-        raise ValueError('the image is damaged or truncated') from None  # Pillow's decoders, on what they read
-    except (SyntaxError, ValueError, TypeError):  # Pillow's decoders raise each for a damaged file too
         raise ValueError('the image is damaged or truncated') from None
 
 
@@ -159,12 +157,11 @@ def the_digit(mask):
     step = -(-max(h, w) // 256)  # regions found at most 256 pixels across: ink closer than `step` pixels joins
     label = regions(F.max_pool2d(mask[None].float(), step, ceil_mode=True)[0] > 0)[ys // step, xs // step]
     names, region = label.unique(return_inverse=True)
-    extent = [
+    top, bottom, left, right = [
         torch.zeros(len(names), dtype=torch.long).scatter_reduce(0, region, v, how, include_self=False)
         for v in (ys, xs)
         for how in ('amin', 'amax')
     ]
-    top, bottom, left, right = extent
     at_edge = (top == 0) | (left == 0) | (bottom == h - 1) | (right == w - 1)
     clear = ~at_edge & ((bottom - top).maximum(right - left) + 1 >= max(h, w) / 20)
     if clear.any() and at_edge.any():
@@ -204,7 +201,8 @@ def show_reading(axes, image, x, probabilities, title):
     shown.thumbnail((560, 560))  # as large as a panel shows it: drawing millions of pixels takes seconds and GBs
     axes[0].imshow(shown)
     axes[1].imshow(x.view(28, 28).numpy(), cmap='gray', vmin=0, vmax=1)
-    axes[0].set(title=title, xticks=[], yticks=[], facecolor='0.75')  # grey where the image is transparent
+    short = title if len(title) <= 22 else f'{title[:10]}…{title[-11:]}'  # a longer name would cover the next title
+    axes[0].set(title=short, xticks=[], yticks=[], facecolor='0.75')  # grey where the image is transparent
     axes[1].set(title='what the network sees', xticks=[], yticks=[])
     bars = axes[2].bar(range(10), (100 * probabilities).numpy(), color='tab:gray')
     digit = probabilities.argmax().item()
