@@ -123,6 +123,17 @@ def test_the_picture_shows_the_first_12_images_and_the_csv_every_one_as_the_read
     assert '`own_digits.png` shows the first 12' in own_digit and 'own_digits.csv' in own_digit
 
 
+def test_a_long_file_name_is_shortened_above_its_image_and_covers_no_other_title():
+    fig, axes = plt.subplots(1, 3, figsize=(9, 2.6), width_ratios=[1, 1, 1.6], layout='constrained')
+    name = 'Photo 2026-12-07 at 15.30.12 of my handwritten seven.jpeg'
+    digits.show_reading(axes, Image.new('L', (300, 300), 255), torch.zeros(784), torch.full((10,), 0.1), name)
+    fig.canvas.draw()
+    titles = [ax.title.get_window_extent() for ax in axes]
+    plt.close(fig)
+    assert axes[0].get_title().startswith('Photo 2026') and axes[0].get_title().endswith('seven.jpeg')
+    assert titles[0].x1 < titles[1].x0 and titles[0].x0 >= 0
+
+
 def click(fig, ax, x, y, name, button=1):
     """A mouse event at data coordinates (x, y) of `ax`, through matplotlib's own event handling."""
     px, py = ax.transData.transform((x, y))
