@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import glob
+import io
 import json
 import os
 import pickle
@@ -279,19 +280,22 @@ def fits(value, like):
 
 
 def read_checkpoint(path):
-    """A checkpoint read safely (tensors and plain values only) onto the CPU; ValueError: what is wrong with it."""
+    """A checkpoint read safely (tensors and plain values only) onto the CPU; ValueError: what is wrong with it,
+    OSError: why it cannot be read."""
+    with open(path, 'rb') as f:  # read whole first: what torch's reader raises after is about what the file holds
+        data = io.BytesIO(f.read())
     try:
         with warnings.catch_warnings():  # torch's note on a foreign pickle, which is refused below anyway
             warnings.filterwarnings('ignore', 'Detected pickle protocol', UserWarning)
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+            checkpoint = torch.load(data, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError:
         raise ValueError(
             f'{path} is damaged or holds more than tensors and plain values; refused, as it could run code'
         ) from None
-    except (EOFError, RuntimeError):  # torch's reader on a file it read whole: empty, or no zip archive in it
+    except (EOFError, RuntimeError, ValueError, OSError):  # empty, cut short or no zip archive in it
         raise ValueError(f'{path} is damaged: empty, truncated or not a PyTorch checkpoint') from None
-    if zipfile.is_zipfile(path):  # torch's reader skips the checksums of what it reads
-        with zipfile.ZipFile(path) as archive:
+    if zipfile.is_zipfile(data):  # torch's reader skips the checksums of what it reads
+        with zipfile.ZipFile(data) as archive:
             damaged = archive.testzip()
         if damaged:
             raise ValueError(f'{path} is damaged: {damaged} in it fails its checksum')

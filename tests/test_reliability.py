@@ -442,6 +442,8 @@ def damage_checkpoint(path, kind):
         path.write_bytes(b'')
     elif kind == 'truncated':
         path.write_bytes(path.read_bytes()[:200])
+    elif kind == 'cut short':  # where torch's reader, given the path, raises an OSError of its own, naming no file
+        path.write_bytes(path.read_bytes()[:20_000])
     elif kind == 'foreign keys':
         torch.save({'weights': good['model_state_dict']}, path)
     elif kind == 'wrong shapes':
@@ -461,7 +463,7 @@ def damage_checkpoint(path, kind):
 
 
 @pytest.mark.parametrize(
-    'kind', ['empty', 'truncated', 'foreign keys', 'wrong shapes', 'another epoch', 'pickled code']
+    'kind', ['empty', 'truncated', 'cut short', 'foreign keys', 'wrong shapes', 'another epoch', 'pickled code']
 )
 def test_damaged_checkpoint_is_skipped(run_main, trained, tmp_path, kind):
     (path,) = (trained / 'setting_1').glob('epoch_*.pth')
