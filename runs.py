@@ -217,8 +217,7 @@ def open_run(setting, run, resume, force, epochs, again):
     only when asked, and a setting's own run and its seeds' runs are not trained side by side. `epochs`: those
     asked; again(option): this run's own command with that option (whole=True: its setting's). False where the run is
     finished with the epochs asked, and so has nothing to train; ValueError says why it is refused."""
-    for tmp in glob.glob(os.path.join(glob.escape(run.folder), '*.tmp')):  # left by a run killed while writing
-        os.remove(tmp)
+    delete(glob.glob(os.path.join(glob.escape(run.folder), '*.tmp')))  # left by a run killed while writing
     last = os.path.join(run.folder, 'last.pth')
     over = f'start the setting over with: {again("--force", whole=True)}'
     if run.seed is None and any(results(seed) or is_locked(seed) for seed in numbered(setting, 'seed_N')):
@@ -243,8 +242,7 @@ def open_run(setting, run, resume, force, epochs, again):
             f'{run.folder} trained {run.trained} epochs, more than the {epochs} asked; it is kept as it is, and '
             f'continues with a larger --epochs'
         )
-    for path in results(run.folder) if force else []:
-        os.remove(path)
+    delete(results(run.folder) if force else [])
     return force or not (resume and run.state == 'finished' and run.trained == epochs)  # else nothing to train
 
 
@@ -262,8 +260,19 @@ def start_over(*settings):
     with contextlib.ExitStack() as locks:
         for run in folders:
             locks.enter_context(lock(run))
-        for path in (path for run in folders for path in results(run)):
+        delete([path for run in folders for path in results(run)])
+
+
+def delete(paths):
+    """Delete these files, or none where a folder of theirs cannot be written; ValueError says which."""
+    for folder in dict.fromkeys(map(os.path.dirname, paths)):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f'cannot delete the files in {folder}: no permission to write in it; nothing was deleted')
+    try:
+        for path in paths:
             os.remove(path)
+    except OSError as e:  # a file that another program keeps open, on Windows
+        raise ValueError(f'cannot delete {e.filename}: {e.strerror}') from None
 
 
 EPOCH = dict(epoch=1, train_loss=0.0, val_loss=0.0, val_accuracy=0.0, seconds=0.0)

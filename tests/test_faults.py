@@ -144,3 +144,17 @@ def test_a_checkpoint_that_cannot_be_read_is_named_and_never_advised_away_with_f
     finally:
         raw.chmod(0o755)
     assert_clean_error(refused, f'error: cannot read {raw}: Permission denied')
+
+
+def test_a_force_that_cannot_delete_one_folder_deletes_nothing_and_says_which(trained, data_dir):
+    user = as_a_user()
+    kept = {path: path.read_bytes() for path in trained.rglob('*') if path.is_file()}
+    (trained / 'setting_2').chmod(0o555)
+    result = finish(
+        start('MNIST_train.py', '--setting', 'all', '--epochs', '1', '--force', data=data_dir, out=trained, user=user)
+    )
+    (trained / 'setting_2').chmod(0o755)
+    assert_clean_error(
+        result, f'error: cannot delete the files in {trained / "setting_2"}: no permission to write in it; nothing'
+    )
+    assert {path: path.read_bytes() for path in trained.rglob('*') if path.is_file()} == kept
