@@ -334,10 +334,11 @@ def read_state(path, hyperparameters):
 
 def check_history(history, hyperparameters, path):
     """ValueError unless a history read from `path` holds every value that the evaluation and --resume read, of its
-    kind (`hyperparameters` shows theirs), and its epochs numbered from 1, the best one among them."""
+    kind (`hyperparameters` shows theirs), its epochs numbered from 1, no more than planned, the best among them."""
     n = len(history['epochs']) if fits(history, {**HISTORY, 'hyperparameters': hyperparameters}) else -1
     in_order = n >= 0 and [e['epoch'] for e in history['epochs']] == list(range(1, n + 1))
-    if not in_order or history['best_epoch'] > n or not isinstance(history.get('diverged', 0), int):
+    in_order = in_order and history['best_epoch'] <= n <= history['hyperparameters']['epochs']
+    if not in_order or not isinstance(history.get('diverged', 0), int):
         raise ValueError(
             f'{path} is damaged (its history lacks a value or holds one of another kind, or its epochs do not add up)'
         )

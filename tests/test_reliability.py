@@ -714,6 +714,7 @@ HISTORY_DAMAGE = {
     'an epoch without its validation loss': lambda h: h['epochs'][0].pop('val_loss'),
     'a training time in words': lambda h: h.update(training_time='twelve seconds'),
     'epochs numbered from 0': lambda h: h['epochs'][0].update(epoch=0),
+    'more epochs than planned': lambda h: h['epochs'].append({**h['epochs'][0], 'epoch': 2}),
 }
 
 
