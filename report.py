@@ -236,7 +236,8 @@ def summary(rows, config):
         compared = [*optimizers, *weight_decay(main, rows)]
         top = sorted(main, key=lambda n: accuracy(rows[n]), reverse=True)[:2]
         said = any(all(f'(#{n})' in line for n in top) for line in compared)  # the lead's size, which the lead omits
-        lines += [] if len(main) == 2 and said else [lead(main, rows, margin=not said)]
+        among = f'Of the settings trained for {described(rows[main[0]])}, ' if refused else ''  # not the table's best
+        lines += [] if len(main) == 2 and said else [among + lead(main, rows, margin=not said)]
         lines += [*compared, *overfitting(main, rows), *spread(main, rows), *refused]
     if extras and main[0] in four:
         kept, refused = alike(extras, rows)

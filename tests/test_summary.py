@@ -177,9 +177,17 @@ def test_the_sweep_is_compared_with_its_own_lambda_0_and_only_where_it_trained_t
 def test_settings_trained_for_other_epochs_are_named_and_not_compared():
     found = {1: made_up(1, 0.9516, epochs=3, train_loss=0.1), 3: made_up(3, 0.9288, epochs=1, train_loss=0.3)}
     assert check_report(found) == [
-        'Setting #1 reached 95.16%',
+        'Of the settings trained for 3 of 3 epochs, seed 0, Setting #1 reached 95.16%',
         'Setting #3 (1 of 1 epochs, seed 0) is not compared with #1 (3 of 3 epochs, seed 0)',
     ]
+
+
+def test_a_lead_among_settings_trained_alike_says_so_beside_a_better_setting_trained_otherwise():
+    found = {n: made_up(n, acc, epochs=2) for n, acc in ((1, 0.9585), (3, 0.9566), (4, 0.9398))}
+    found[2] = made_up(2, 0.9787, epochs=100)
+    assert check_report(found)[0] == (
+        'Of the settings trained for 2 of 2 epochs, seed 0, Setting #1 led with 95.85%, ahead of Setting #3'
+    )
 
 
 def test_a_row_averages_only_the_seeds_that_trained_alike_and_says_how_many():
