@@ -91,6 +91,7 @@ def read_run(folder, base, seed=None):
     """The state of the run in `folder`, decided here alone from its files and locks; `base`: the hyperparameters."""
     run = Run(folder, seed)
     last = os.path.join(folder, 'last.pth')
+    name = os.path.basename(os.path.dirname(folder) if seed is not None else folder).removeprefix('setting_')
     try:
         run.history = read_history(folder, base)
     except OSError as e:
@@ -110,6 +111,9 @@ def read_run(folder, base, seed=None):
         best = os.path.basename(numbered(folder, 'epoch_N.pth')[-1])
         run.state, run.mend = 'damaged', '--force'
         run.problem = f'{folder} holds {best} without the history.json and last.pth of its run'
+    elif run.history and run.history.get('setting', name) != name:  # a folder copied in under another name
+        run.state, run.mend = 'damaged', '--force'
+        run.problem = f'{folder} holds a run of Setting {run.history["setting"]}, not of Setting {name}'
     elif run.best and not os.path.exists(run.best) and read_history(folder, base) != run.history:
         return read_run(folder, base, seed)  # a training replaced its best checkpoint as it was read
     elif run.best and not os.path.exists(run.best):
@@ -190,7 +194,9 @@ def lock(folder):
     try:
         if not take(lock):
             lock.close()
-            raise ValueError(f'another run is writing {folder}; wait until it ends or stop it')
+            raise ValueError(
+                f'another command holds {folder}, training it or waiting to; wait until it ends or stop it'
+            )
     except OSError as e:  # a file system without locks (some network folders): EOPNOTSUPP, ENOLCK
         print(f'warning: {folder} cannot be locked ({e.strerror}); start no second run on it', file=sys.stderr)
     return lock

@@ -175,7 +175,7 @@ class Commands(RuleBasedStateMachine):
                 assert any(line.startswith(f'{self.label(key)}: waiting its turn') for line in lines), lines
             own = ['--seeds', str(key[1] + 1), '--task', str(key[1])] if key[1] is not None else []
             refused = run(MNIST_train, ['--setting', key[0], *own, '--resume', *self.folders])
-            assert f'another run is writing {self.folder(key)}' in refused[2], refused
+            assert f'another command holds {self.folder(key)}, training it or waiting to' in refused[2], refused
 
     @rule()
     def evaluate(self):

@@ -8,6 +8,7 @@ import math
 import os
 import pickle
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def test_force_deletes_nothing_where_the_command_cannot_train(run_main, tmp_path
 
     with runs.lock(str(out / 'setting_3')):
         refused = run_main('MNIST_train.py', '--setting', 'all', '--epochs', '1', '--force')
-    assert_clean_error(refused, f'another run is writing {out / "setting_3"}')
+    assert_clean_error(refused, f'another command holds {out / "setting_3"}, training it or waiting to')
     assert snapshot(out) == before
 
 
@@ -271,6 +272,17 @@ def test_resume_refuses_a_run_that_kept_only_its_best_checkpoint(run_main, tmp_p
     command = shlex.split(evaluated.stderr.split('train it again with: ')[1].splitlines()[0])
     assert command[:2] == ['python', 'MNIST_train.py'] and run_main(*command[1:]).returncode == 0
     assert run_main('MNIST_evaluation.py').returncode == 0
+
+
+def test_a_run_copied_in_under_another_settings_name_is_named_as_such(run_main, trained):
+    shutil.copytree(trained / 'setting_2', trained / 'setting_7')
+    problem = f'{trained / "setting_7"} holds a run of Setting 2, not of Setting 7; train it again with: '
+    assert_clean_error(run_main('MNIST_train.py', '--setting', '7', '--epochs', '1', '--resume'), problem)
+    evaluated = run_main('MNIST_evaluation.py')
+    assert evaluated.returncode == 1 and f'Setting 7: skipped: {problem}' in evaluated.stderr
+    command = shlex.split(evaluated.stderr.split('train it again with: ')[1].splitlines()[0])
+    assert command[:2] == ['python', 'MNIST_train.py'] and run_main(*command[1:]).returncode == 0
+    assert 'Setting 7: accuracy of the 1 epoch trained model' in run_main('MNIST_evaluation.py').stdout
 
 
 def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, tmp_path):
@@ -668,7 +680,7 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_writes(big_d
     assert 'epoch   1/1000' in first.stdout.readline()  # the first run is writing
     for extra in ([], ['--resume'], ['--force']):
         second = run_main('MNIST_train.py', '--setting', '2', '--epochs', '2', *extra, data=big_data)
-        assert_clean_error(second, f'another run is writing {tmp_path / "out" / "setting_2"}')
+        assert_clean_error(second, f'another command holds {tmp_path / "out" / "setting_2"}, training it or waiting to')
     assert first.poll() is None  # still training, undisturbed
     first.kill()
     first.communicate()
