@@ -142,14 +142,19 @@ def ink_on_paper(grey):
 
 def the_digit(mask):
     """Where the digit is in a mask [H, W] of what stands out from the paper: without ruled lines (full rows or
-    columns thinner than a fortieth of the image), and, where regions meet the image's edge (a desk, a shadow, a
-    finger) and others of a twentieth of the image or more lie clear of it, those others only. In an image cropped
-    to its digit, all that is left is the digit."""
-    for axis in (0, 1):
-        full = mask.float().mean(1 - axis) >= 0.8
-        ruled = full & ~in_long_runs(full, max(2, mask.shape[axis] // 40))
-        unruled = mask & ~(ruled[:, None] if axis == 0 else ruled[None, :])
-        mask = unruled if unruled.any() else mask  # where all is lines, they are the digit
+    columns thinner than a fortieth of the image, and the blur beside them in a large photo), and, where regions
+    meet the image's edge (a desk, a shadow, a finger) and others of a twentieth of the image or more lie clear of
+    it, those others only. In an image cropped to its digit, all that is left is the digit."""
+    for _ in 'rows', 'columns':  # the mask turned after each
+        full = mask.float().mean(1) >= 0.8
+        ruled = full & ~in_long_runs(full, max(2, len(mask) // 40))
+        reach = len(mask) // 300  # the rows beside a line that a large photo's blur reaches
+        ruled = F.max_pool1d(ruled[None].float(), 2 * reach + 1, 1, reach)[0, :, None] > 0
+        kept, k = (mask & ~ruled).float()[None, None], 2 * reach + 2  # k: the rows a line of two and its blur span
+        above = F.max_pool2d(F.pad(kept, (0, 0, k, 0)), (k, 1), 1)[0, 0, :-1] > 0
+        below = F.max_pool2d(F.pad(kept, (0, 0, 0, k)), (k, 1), 1)[0, 0, 1:] > 0
+        unruled = (kept[0, 0] > 0) | (mask & ruled & above & below)  # where a stroke crosses a line, it goes on
+        mask = (unruled if unruled.any() else mask).T  # where all is lines, they are the digit
     h, w = mask.shape
     if not (mask[[0, -1]].any() or mask[:, [0, -1]].any()):
         return mask

@@ -70,7 +70,7 @@ def page(digit, height, weight, paper, ink, desk=0.0, shadow=0.0, ruled=False, t
     draw(photo, ink)
     a = np.asarray(photo, dtype=np.float32)
     y, x = np.mgrid[: size[1], : size[0]]
-    beyond = (x - box[1][0]) + (y - box[1][1])  # past the line through the box's far corner
+    beyond = (x - box[1][0]) + (y - box[1][1]) - pen  # past the line through the far corner, clear of the pen's end
     a = a * (1 - shadow * np.clip(beyond / margin, 0, 1))
     a[:, :band] = min(paper, ink) * 0.6  # a desk darker than the ink
     photo = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
