@@ -65,6 +65,8 @@ def read_image(path):
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ValueError(f'the image is larger than {MAX_PIXELS // 10**6} megapixels; scale it down') from None
     except Image.UnidentifiedImageError:
+        if not os.path.getsize(path):
+            raise ValueError('the file is empty') from None
         extension = os.path.splitext(path)[1].lower()
         if extension not in IMAGE_TYPES and image_type(path):
             raise ValueError(f'Pillow cannot read {extension[1:].upper()} images; convert it to JPEG or PNG') from None

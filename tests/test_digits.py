@@ -58,11 +58,13 @@ def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(run_main, t
     digit.view(28, 28)[6:22, 12:16] = 1  # a 1
     good = [photo(digit, i, images) for i in range(2)]
     (images / 'notes.png').write_text('not an image', encoding='utf-8')
+    (images / 'nothing.jpg').write_bytes(b'')
     (images / 'cut.png').write_bytes(good[0].read_bytes()[:300])
     Image.new('RGB', (120, 90), (235, 235, 230)).save(images / 'blank.png')
     Image.new('L', (8000, 8000), 255).save(images / 'huge.png')
     bad = {
         images / 'notes.png': 'not a PNG, JPEG, BMP, GIF or WebP image',
+        images / 'nothing.jpg': 'the file is empty',
         images / 'cut.png': 'the image is damaged or truncated',
         images / 'blank.png': 'no ink: the image is blank',
         images / 'huge.png': 'the image is larger than 50 megapixels; scale it down',
@@ -71,8 +73,10 @@ def test_bad_images_get_one_sentence_each_and_the_good_ones_are_read(run_main, t
     }
     untrained = run_main('MNIST_evaluation.py', '--image', *good)
     assert_clean_error(untrained, 'no trained setting', 'train one first, e.g. python MNIST_train.py --setting 2')
-    asked = run_main('MNIST_evaluation.py', '--image', *good, '--setting', '4')
-    assert_clean_error(asked, 'Setting 4 has no run in', 'train it first: python MNIST_train.py --setting 4')
+    for command in (('--image', *good), ()):  # one sentence, not a line that the error says again
+        asked = run_main('MNIST_evaluation.py', *command, '--setting', '4')
+        assert_clean_error(asked, 'Setting 4 has no run in', 'train it first: python MNIST_train.py --setting 4')
+        assert asked.stdout == '' and asked.stderr.count('\n') == 1
     shutil.copytree(trained_once, tmp_path / 'out')  # settings 1, 2 and 5
     result = run_main('MNIST_evaluation.py', '--image', images, images / 'empty', tmp_path / 'missing.png')
     assert_clean_error(result, *(f'error: {path}: {reason}' for path, reason in bad.items()))
