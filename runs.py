@@ -111,9 +111,10 @@ def read_run(folder, base, seed=None):
         best = os.path.basename(numbered(folder, 'epoch_N.pth')[-1])
         run.state, run.mend = 'damaged', '--force'
         run.problem = f'{folder} holds {best} without the history.json and last.pth of its run'
-    elif run.history and run.history.get('setting', name) != name:  # a folder copied in under another name
+    elif run.history and (run.history.get('setting', name) != name or seed not in (None, run.history['seed'])):
+        whose = f'Setting {run.history["setting"]}' + ('' if seed is None else f' seed {run.history["seed"]}')
         run.state, run.mend = 'damaged', '--force'
-        run.problem = f'{folder} holds a run of Setting {run.history["setting"]}, not of Setting {name}'
+        run.problem = f'{folder} holds the run of {whose}, copied or moved here: move it back to keep it'
     elif run.best and not os.path.exists(run.best) and read_history(folder, base) != run.history:
         return read_run(folder, base, seed)  # a training replaced its best checkpoint as it was read
     elif run.best and not os.path.exists(run.best):

@@ -276,13 +276,24 @@ def test_resume_refuses_a_run_that_kept_only_its_best_checkpoint(run_main, tmp_p
 
 def test_a_run_copied_in_under_another_settings_name_is_named_as_such(run_main, trained):
     shutil.copytree(trained / 'setting_2', trained / 'setting_7')
-    problem = f'{trained / "setting_7"} holds a run of Setting 2, not of Setting 7; train it again with: '
+    problem = f'{trained / "setting_7"} holds the run of Setting 2, copied or moved here: move it back to keep it; '
+    problem += 'train it again with: '
     assert_clean_error(run_main('MNIST_train.py', '--setting', '7', '--epochs', '1', '--resume'), problem)
     evaluated = run_main('MNIST_evaluation.py')
     assert evaluated.returncode == 1 and f'Setting 7: skipped: {problem}' in evaluated.stderr
     command = shlex.split(evaluated.stderr.split('train it again with: ')[1].splitlines()[0])
     assert command[:2] == ['python', 'MNIST_train.py'] and run_main(*command[1:]).returncode == 0
     assert 'Setting 7: accuracy of the 1 epoch trained model' in run_main('MNIST_evaluation.py').stdout
+
+
+def test_a_seeds_run_copied_in_as_another_seed_is_not_counted_twice(run_main, tmp_path):
+    assert run_main('MNIST_train.py', '--setting', '2', '--epochs', '1', '--seeds', '1').returncode == 0
+    seeds = tmp_path / 'out' / 'setting_2'
+    shutil.copytree(seeds / 'seed_0', seeds / 'seed_1')
+    evaluated = run_main('MNIST_evaluation.py', '--setting', '2')
+    problem = f'Setting 2 seed 1: skipped: {seeds / "seed_1"} holds the run of Setting 2 seed 0, copied or moved here'
+    assert evaluated.returncode == 1 and problem in evaluated.stderr
+    assert '(2 seeds)' not in (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
 
 
 def test_seeds_are_not_trained_beside_a_settings_own_run_unless_told(run_main, tmp_path):
