@@ -98,7 +98,7 @@ def normalise(image):
     if alpha.min() < 1:  # transparent pixels are paper: lay the ink on paper of the other brightness
         grey = grey * alpha + (1 - alpha) * float((grey * alpha).sum() < alpha.sum() / 2)
     ink = ink_on_paper(grey)
-    ink = ink * the_digit(ink > 0)
+    ink = ink * the_digit(ink)
     rows, cols = ink.sum(1).nonzero()[:, 0], ink.sum(0).nonzero()[:, 0]
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     size = [max(1, round(20 * n / max(ink.shape))) for n in ink.shape]
@@ -142,21 +142,24 @@ def ink_on_paper(grey):
     return ink
 
 
-def the_digit(mask):
-    """Where the digit is in a mask [H, W] of what stands out from the paper: without ruled lines (full rows or
-    columns thinner than a fortieth of the image, and the blur beside them in a large photo), and, where regions
-    meet the image's edge (a desk, a shadow, a finger) and others of a twentieth of the image or more lie clear of
-    it, those others only. In an image cropped to its digit, all that is left is the digit."""
+def the_digit(ink):
+    """Where the digit is in how far each pixel stands out from the paper [H, W]: without ruled lines (full rows or
+    columns thinner than a fortieth of the image, with the blur beside them in a large photo), but for the ink on
+    them that stands out more than twice as far as they do and strokes that cross them; and, where regions meet the
+    image's edge (a desk, a shadow, a finger) and others of a twentieth of the image or more lie clear of it, those
+    others only. In an image cropped to its digit, all that is left is the digit."""
+    mask = ink > 0
     for _ in 'rows', 'columns':  # the mask turned after each
         full = mask.float().mean(1) >= 0.8
         ruled = full & ~in_long_runs(full, max(2, len(mask) // 40))
         reach = len(mask) // 300  # the rows beside a line that a large photo's blur reaches
-        ruled = F.max_pool1d(ruled[None].float(), 2 * reach + 1, 1, reach)[0, :, None] > 0
-        kept, k = (mask & ~ruled).float()[None, None], 2 * reach + 2  # k: the rows a line of two and its blur span
+        band = F.max_pool1d(ruled[None].float(), 2 * reach + 1, 1, reach)[0, :, None] > 0
+        line = ink[band & mask].median() if ruled.any() else 0  # how far the lines stand out
+        kept, k = (mask & ~(band & (ink <= 2 * line))).float()[None, None], 2 * reach + 2  # k: a line's rows and blur
         above = F.max_pool2d(F.pad(kept, (0, 0, k, 0)), (k, 1), 1)[0, 0, :-1] > 0
         below = F.max_pool2d(F.pad(kept, (0, 0, 0, k)), (k, 1), 1)[0, 0, 1:] > 0
-        unruled = (kept[0, 0] > 0) | (mask & ruled & above & below)  # where a stroke crosses a line, it goes on
-        mask = (unruled if unruled.any() else mask).T  # where all is lines, they are the digit
+        unruled = (kept[0, 0] > 0) | (mask & band & above & below)  # where a stroke crosses a line, it goes on
+        mask, ink = (unruled if unruled.any() else mask).T, ink.T  # where all is lines, they are the digit
     h, w = mask.shape
     if not (mask[[0, -1]].any() or mask[:, [0, -1]].any()):
         return mask
