@@ -99,7 +99,8 @@ def normalise(image):
         grey = grey * alpha + (1 - alpha) * float((grey * alpha).sum() < alpha.sum() / 2)
     ink = ink_on_paper(grey)
     ink = ink * the_digit(ink)
-    rows, cols = ink.sum(1).nonzero()[:, 0], ink.sum(0).nonzero()[:, 0]
+    # cropped to the rows and columns of a hundredth of the most ink or more: not to a faint speck beside the digit
+    rows, cols = ((ink.sum(axis) >= ink.sum(axis).max() / 100).nonzero()[:, 0] for axis in (1, 0))
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     size = [max(1, round(20 * n / max(ink.shape))) for n in ink.shape]
     digit = F.interpolate(ink[None, None], size=size, mode='bilinear', antialias=True, align_corners=False)[0, 0]

@@ -299,6 +299,14 @@ def slanted_one():
     return one
 
 
+def dusty(digit):
+    """A digit on paper with two faint specks of dust beside it, in rows and columns of their own."""
+    photo, alone = page(digit, 200, 0.1, paper=225, ink=30)
+    for x, y in ((12, 12), (photo.width - 15, photo.height - 15)):
+        photo.putpixel((x, y), 190)
+    return photo, alone
+
+
 def notebook(digit, height=600, weight=0.05, down=0):
     """A digit on a notebook's page as a phone photographs it, 1500 x 2000: light-blue lines 3 pixels thick every
     80, the paper's grain, a JPEG; and the digit alone, moved `down` (a 7 170 pixels tall by 45: its bar on a line)."""
@@ -325,6 +333,7 @@ NEW_USER = {  # what a new user tried, and the same digit on plain paper
     'a 2 with a shadow in the corner': lambda: page(2, 200, 0.1, paper=225, ink=30, shadow=0.6),
     **{f'a {d} on a notebook page': lambda d=d: notebook(d) for d in (2, 4, 7)},
     'a small 7, its bar along a line of the notebook': lambda: notebook(7, 170, 0.06, down=45),
+    'a 7 with two specks of dust beside it': lambda: dusty(7),
 }
 
 
