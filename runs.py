@@ -91,7 +91,7 @@ def read_run(folder, base, seed=None):
     """The state of the run in `folder`, decided here alone from its files and locks; `base`: the hyperparameters."""
     run = Run(folder, seed)
     last = os.path.join(folder, 'last.pth')
-    name = os.path.basename(os.path.dirname(folder) if seed is not None else folder).removeprefix('setting_')
+    out = os.path.dirname(folder if seed is None else os.path.dirname(folder))  # the output folder
     try:
         run.history = read_history(folder, base)
     except OSError as e:
@@ -111,9 +111,9 @@ def read_run(folder, base, seed=None):
         best = os.path.basename(numbered(folder, 'epoch_N.pth')[-1])
         run.state, run.mend = 'damaged', '--force'
         run.problem = f'{folder} holds {best} without the history.json and last.pth of its run'
-    elif run.history and (run.history.get('setting', name) != name or seed not in (None, run.history['seed'])):
+    elif run.history and run_dir(out, run.history['setting'], None if seed is None else run.history['seed']) != folder:
         whose = f'Setting {run.history["setting"]}' + ('' if seed is None else f' seed {run.history["seed"]}')
-        run.state, run.mend = 'damaged', '--force'
+        run.state, run.mend = 'damaged', '--force'  # a run copied or moved here from its own folder
         run.problem = f'{folder} holds the run of {whose}, copied or moved here: move it back to keep it'
     elif run.best and not os.path.exists(run.best) and read_history(folder, base) != run.history:
         return read_run(folder, base, seed)  # a training replaced its best checkpoint as it was read
@@ -283,7 +283,7 @@ def delete(paths):
 
 
 EPOCH = dict(epoch=1, train_loss=0.0, val_loss=0.0, val_accuracy=0.0, seconds=0.0)
-HISTORY = dict(seed=0, device='', epochs=[EPOCH], best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
+HISTORY = dict(setting='', seed=0, device='', epochs=[EPOCH], best_epoch=0, best_val_accuracy=0.0, training_time=0.0)
 
 
 def fits(value, like):
