@@ -48,7 +48,7 @@ def trained_runs(names, args, hint=()):
     seeds = [run.seed for _, run in found if run.seed is not None]
     epochs = max(plans, key=plans.count) if plans else None  # the plan of most runs here
     plan = {'epochs': epochs, 'seeds': max(seeds) + 1 if seeds else None}
-    hint = [name for name in hint if any(run.state != 'absent' for _, run in found)]  # else one line says it all
+    hint = hint if any(run.state != 'absent' for _, run in found) else ()  # else one line says it all
     for name, run in found:
         label = f'Setting {name}' + ('' if run.seed is None else f' seed {run.seed}')
         loaded = None

@@ -156,7 +156,8 @@ def the_digit(ink):
         reach = len(mask) // 300  # the rows beside a line that a large photo's blur reaches
         band = F.max_pool1d(ruled[None].float(), 2 * reach + 1, 1, reach)[0, :, None] > 0
         line = ink[band & mask].median() if ruled.any() else 0  # how far the lines stand out
-        kept, k = (mask & ~(band & (ink <= 2 * line))).float()[None, None], 2 * reach + 2  # k: a line's rows and blur
+        kept = (mask & ~(band & (ink <= 2 * line))).float()[None, None]
+        k = 2 * reach + 2  # the rows of a line of two and its blur
         above = F.max_pool2d(F.pad(kept, (0, 0, k, 0)), (k, 1), 1)[0, 0, :-1] > 0
         below = F.max_pool2d(F.pad(kept, (0, 0, 0, k)), (k, 1), 1)[0, 0, 1:] > 0
         unruled = (kept[0, 0] > 0) | (mask & band & above & below)  # where a stroke crosses a line, it goes on
